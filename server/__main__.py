@@ -1,0 +1,28 @@
+"""`python -m server`: read the settings, build the app, serve until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from aiohttp import web
+
+from . import logs, settings
+from .app import create_app
+
+
+def main() -> int:
+    try:
+        config = settings.load()
+    except settings.SettingsError as exc:
+        print(f"Configuration error: {exc}", file=sys.stderr)
+        return 2
+    logs.configure(config.log_level)
+    where = f"{config.host or '*'}:{config.port}"
+    logging.getLogger("server").info("All Is Well server listening on %s", where)
+    web.run_app(create_app(config), host=config.host, port=config.port, print=None)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,24 @@
+"""Every string the server sends in an `error` event. The first five are the Node server's own."""
+
+from typing import Final
+
+from .models import MAX_TIMER_MINUTES
+
+INVALID_SESSION: Final = "Invalid session token"
+INVALID_ROLE: Final = "Invalid role"
+INVALID_OR_EXPIRED_CODE: Final = "Invalid or expired code"
+CODE_EXPIRED: Final = "Code has expired"
+CODE_IN_USE: Final = "Code already in use. Generating new code..."
+
+# Beyond: clear messages for input the Node server accepted or crashed on.
+INVALID_CODE: Final = "Invalid code: expected a string of 6 digits"
+INVALID_TIMERS: Final = (
+    "Invalid timers: reminderTimeMinutes and alertTimeMinutes must be numbers "
+    f"greater than 0 and at most {MAX_TIMER_MINUTES}"
+)
+STORAGE_UNAVAILABLE: Final = "Session storage is temporarily unavailable. Try again shortly."
+INTERNAL: Final = "Internal server error"
+
+
+def invalid_payload(event: str, expected: str) -> str:
+    return f"Invalid payload for {event}: expected {expected}"

@@ -1,0 +1,319 @@
+"""Socket.IO handlers: decode the payload, apply a rule, persist, emit. Nothing else."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import socketio
+from msgspec.structs import replace
+
+from . import errors, payloads, rules
+from .clock import Clock
+from .logs import token_ref
+from .models import PendingCode, Session
+from .pairing import Claim, CodeBook, Track, register, track
+from .presence import Presence, Role, trackers_room
+from .store import MemoryStore, StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[str, tuple[Any, ...]], Awaitable[None]]
+
+# Node's "client namespace disconnect" is the only reason that must not warn the tracked person.
+CLIENT_LEFT = "client disconnect"
+
+
+class Events:
+    """The protocol of PROTOCOL.md, one method per client event."""
+
+    def __init__(
+        self,
+        sio: socketio.AsyncServer,
+        store: MemoryStore,
+        clock: Clock,
+        *,
+        code_grace_ms: int,
+    ) -> None:
+        self.sio = sio
+        self.store = store
+        self.clock = clock
+        self.codes = CodeBook()
+        self.presence = Presence()
+        self.code_grace_ms = code_grace_ms
+
+    def attach(self) -> None:
+        handlers: dict[str, Handler] = {
+            "registerCode": self.register_code,
+            "trackCode": self.track_code,
+            "reconnectSession": self.reconnect_session,
+            "checkIn": self.check_in,
+            "setTimers": self.set_timers,
+            "getStatus": self.get_status,
+        }
+        for event, handler in handlers.items():
+            self.sio.on(event, self._guarded(event, handler))
+        self.sio.on("disconnect", self.disconnect)
+
+    def _guarded(self, event: str, handler: Handler) -> Callable[..., Awaitable[None]]:
+        """Every failure becomes an `error` event for the sender; nothing reaches the loop."""
+
+        @functools.wraps(handler)
+        async def run(sid: str, *args: Any) -> None:
+            try:
+                await handler(sid, args)
+            except payloads.BadPayload as exc:
+                log.info("Rejected %s from %s: %s", event, sid, exc)
+                await self._error(sid, str(exc))
+            except StoreUnavailable:
+                log.warning("%s from %s: session not in memory and Redis unavailable", event, sid)
+                await self._error(sid, errors.STORAGE_UNAVAILABLE)
+            except Exception:
+                log.exception("%s from %s failed", event, sid)
+                await self._error(sid, errors.INTERNAL)
+
+        return run
+
+    async def _error(self, sid: str, message: str) -> None:
+        await self.sio.emit("error", message, to=sid)
+
+    async def _emit_to_trackers(self, token: str, event: str, data: Any = None) -> None:
+        if data is None:
+            await self.sio.emit(event, to=trackers_room(token))
+        else:
+            await self.sio.emit(event, data, to=trackers_room(token))
+
+    # --- pairing -----------------------------------------------------------------------------
+
+    async def register_code(self, sid: str, args: tuple[Any, ...]) -> None:
+        code = payloads.code(args)
+        now = self.clock()
+        claim, entry = register(self.codes.get(code), code, sid, now, self.code_grace_ms)
+        if claim is Claim.IN_USE:
+            log.info("registerCode from %s refused: code held by another socket", sid)
+            await self._error(sid, errors.CODE_IN_USE)
+            return
+        reply: dict[str, Any] = {"code": code, "expiresAt": entry.expires_at}
+        if claim is Claim.RESUMED:
+            assert entry.session_token is not None
+            token = entry.session_token
+            updated = await self.store.update(token, _with(rules.with_tracked, sid))
+            if updated is None:
+                # The session expired under the code: the code starts over, unpaired.
+                entry = PendingCode(code=code, tracked_sid=sid, expires_at=entry.expires_at)
+            else:
+                self.presence.bind(sid, token, Role.TRACKED)
+                reply["sessionToken"] = token
+        self.codes.put(entry)
+        await self.sio.emit("codeRegistered", reply, to=sid)
+
+    async def track_code(self, sid: str, args: tuple[Any, ...]) -> None:
+        code = payloads.code(args)
+        now = self.clock()
+        entry = self.codes.get(code)
+        verdict = track(entry, now, self.code_grace_ms)
+        if verdict is Track.EXPIRED:
+            self.codes.delete(code)
+            await self._error(sid, errors.CODE_EXPIRED)
+            return
+        if entry is None or verdict is Track.UNKNOWN:
+            await self._error(sid, errors.INVALID_OR_EXPIRED_CODE)
+            return
+        joined = await self._join_as_tracker(entry, sid)
+        if joined is None:
+            self.codes.delete(code)
+            await self._error(sid, errors.INVALID_OR_EXPIRED_CODE)
+            return
+        token, session = joined
+        log.info("Tracker %s paired with session %s", sid, token_ref(token))
+        await self.sio.emit("trackingStarted", {"sessionToken": token}, to=sid)
+        if session.tracked_socket_id is not None:
+            await self.sio.emit(
+                "trackerConnected", {"sessionToken": token}, to=session.tracked_socket_id
+            )
+        if session.last_check_in is not None:
+            await self.sio.emit(
+                "checkInReceived",
+                {"sessionToken": token, "timestamp": session.last_check_in},
+                to=sid,
+            )
+        if session.pending_alert is not None:
+            await self.sio.emit(
+                "checkInMissed",
+                {"sessionToken": token, "timestamp": session.pending_alert},
+                to=sid,
+            )
+
+    async def _join_as_tracker(self, entry: PendingCode, sid: str) -> tuple[str, Session] | None:
+        if entry.session_token is None:
+            # Mark the code paired before any await, so two trackers racing share one session.
+            token = rules.new_token()
+            self.codes.put(replace(entry, session_token=token))
+            session = Session(tracked_socket_id=entry.tracked_sid, tracker_socket_ids=(sid,))
+            if entry.tracked_sid is not None:
+                self.presence.bind(entry.tracked_sid, token, Role.TRACKED)
+            await self.store.create(token, session)
+            log.info("Session created: %s", token_ref(token))
+        else:
+            token = entry.session_token
+            updated = await self.store.update(token, _with(rules.with_tracker, sid))
+            if updated is None:
+                return None
+            session = updated[0]
+        self.presence.bind(sid, token, Role.TRACKER)
+        await self.sio.enter_room(sid, trackers_room(token))
+        return token, session
+
+    # --- sessions ----------------------------------------------------------------------------
+
+    async def reconnect_session(self, sid: str, args: tuple[Any, ...]) -> None:
+        request = payloads.reconnect(args)
+        token = request.session_token
+        if request.role == Role.TRACKED.value:
+            updated = await self.store.update(token, _with(rules.with_tracked, sid))
+            if updated is None:
+                await self._error(sid, errors.INVALID_SESSION)
+                return
+            self.presence.bind(sid, token, Role.TRACKED)
+            entry = self.codes.for_token(token)
+            if entry is not None:
+                self.codes.put(replace(entry, tracked_sid=sid, left_at=None))
+            await self.sio.emit(
+                "sessionReconnected", {"sessionToken": token, "role": "tracked"}, to=sid
+            )
+            return
+        if request.role != Role.TRACKER.value:
+            if await self.store.load(token) is None:
+                await self._error(sid, errors.INVALID_SESSION)
+            else:
+                await self._error(sid, errors.INVALID_ROLE)
+            return
+        updated_tracker = await self.store.update(token, _rejoin_tracker(sid))
+        if updated_tracker is None:
+            await self._error(sid, errors.INVALID_SESSION)
+            return
+        session, pending = updated_tracker
+        self.presence.bind(sid, token, Role.TRACKER)
+        await self.sio.enter_room(sid, trackers_room(token))
+        await self.sio.emit(
+            "sessionReconnected", {"sessionToken": token, "role": "tracker"}, to=sid
+        )
+        if pending is not None:
+            await self.sio.emit(
+                "checkInMissed", {"sessionToken": token, "timestamp": pending}, to=sid
+            )
+        if session.last_check_in is not None:
+            await self.sio.emit(
+                "checkInReceived",
+                {"sessionToken": token, "timestamp": session.last_check_in},
+                to=sid,
+            )
+
+    async def check_in(self, sid: str, args: tuple[Any, ...]) -> None:
+        token = payloads.token(args)
+        now = self.clock()
+        updated = await self.store.update(token, _with(rules.check_in, now))
+        if updated is None:
+            await self._error(sid, errors.INVALID_SESSION)
+            return
+        session = updated[0]
+        if rules.timers_armed(session):
+            await self.sio.emit("timersSet", rules.timers_payload(session), to=sid)
+        await self.sio.emit("checkInConfirmed", {"timestamp": now}, to=sid)
+        await self._emit_to_trackers(
+            token, "checkInReceived", {"sessionToken": token, "timestamp": now}
+        )
+
+    async def set_timers(self, sid: str, args: tuple[Any, ...]) -> None:
+        request = payloads.set_timers(args)
+        change = _with(
+            rules.set_timers,
+            request.reminder_time_minutes,
+            request.alert_time_minutes,
+            self.clock(),
+        )
+        updated = await self.store.update(request.session_token, change)
+        if updated is None:
+            await self._error(sid, errors.INVALID_SESSION)
+            return
+        await self.sio.emit("timersSet", rules.timers_payload(updated[0]), to=sid)
+
+    async def get_status(self, sid: str, args: tuple[Any, ...]) -> None:
+        token = payloads.get_status(args).session_token
+        status = await self.status(token)
+        if status is None:
+            await self._error(sid, errors.INVALID_SESSION)
+            return
+        session, expired = status
+        await self.sio.emit(
+            "statusUpdate",
+            {"sessionToken": token, "lastCheckIn": session.last_check_in, "alertExpired": expired},
+            to=sid,
+        )
+
+    async def status(self, token: str) -> tuple[Session, bool] | None:
+        """getStatus and the REST route: alertExpired, with its pending-alert side effect."""
+        return await self.store.update(
+            token, functools.partial(rules.observe_status, now=self.clock())
+        )
+
+    # --- leaving -----------------------------------------------------------------------------
+
+    async def disconnect(self, sid: str, reason: str = CLIENT_LEFT) -> None:
+        try:
+            await self._leave(sid, reason)
+        except Exception:
+            log.exception("Disconnect bookkeeping for %s failed", sid)
+
+    async def _leave(self, sid: str, reason: str) -> None:
+        now = self.clock()
+        self.codes.release(sid, now)
+        for token, role in self.presence.pop(sid):
+            if role is Role.TRACKED:
+                updated = await self.store.update(token, _was(rules.without_tracked, sid))
+                if updated is not None and updated[1]:
+                    log.info("Tracked person left session %s (%s)", token_ref(token), reason)
+                    await self._emit_to_trackers(token, "trackedPersonDisconnected")
+                continue
+            updated = await self.store.update(token, _was(rules.without_tracker, sid))
+            if updated is None or not updated[1]:
+                continue
+            session = updated[0]
+            if (
+                not session.tracker_socket_ids
+                and session.tracked_socket_id is not None
+                and reason != CLIENT_LEFT
+            ):
+                await self.sio.emit("trackerDisconnected", to=session.tracked_socket_id)
+
+
+def _with(rule: Callable[..., Session], *args: Any) -> Callable[[Session], tuple[Session, None]]:
+    """Adapt a rule returning a record to the store's change signature."""
+
+    def change(session: Session) -> tuple[Session, None]:
+        return rule(session, *args), None
+
+    return change
+
+
+def _was(
+    rule: Callable[[Session, str], Session], sid: str
+) -> Callable[[Session], tuple[Session, bool]]:
+    """A removal, reporting whether the socket was there to remove."""
+
+    def change(session: Session) -> tuple[Session, bool]:
+        changed = rule(session, sid)
+        return changed, changed is not session
+
+    return change
+
+
+def _rejoin_tracker(sid: str) -> Callable[[Session], tuple[Session, int | float | None]]:
+    """reconnectSession as tracker: join, and take the pending alert (Node cleared it too)."""
+
+    def change(session: Session) -> tuple[Session, int | float | None]:
+        return rules.clear_pending(rules.with_tracker(session, sid)), session.pending_alert
+
+    return change

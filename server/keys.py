@@ -1,0 +1,10 @@
+"""Every Redis key this server reads or writes."""
+
+from typing import Final
+
+SESSION_TTL_SECONDS: Final = 30 * 24 * 3600  # renewed on every write, as the Node server did
+
+
+def session(token: str) -> str:
+    """The Node server's key for a session record."""
+    return f"session:{token}"

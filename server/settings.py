@@ -1,0 +1,100 @@
+"""Settings read once from the environment; a bad value stops the start and names the variable."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Mapping
+
+import msgspec
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value the server cannot use."""
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    port: int = 3000
+    host: str | None = None  # None: every interface, IPv4 and IPv6
+    redis_url: str | None = None
+    cors_origins: str | list[str] = "*"
+    log_level: str = "INFO"
+    max_message_bytes: int = 16_384
+    redis_timeout: float = 2.0
+    redis_max_connections: int = 32
+    code_grace_seconds: float = 300.0
+
+
+def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a whole number, got {raw!r}") from None
+    if not low <= value <= high:
+        raise SettingsError(f"{name} must be between {low} and {high}, got {value}")
+    return value
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number of seconds, got {raw!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise SettingsError(f"{name} must be a positive number of seconds, got {raw!r}")
+    return value
+
+
+def _redis_url(env: Mapping[str, str]) -> str | None:
+    raw = env.get("REDIS_URL", "").strip()
+    if not raw:
+        return None
+    if not raw.startswith(("redis://", "rediss://", "unix://")):
+        raise SettingsError(
+            f"REDIS_URL must start with redis://, rediss:// or unix://, got {raw.split('://')[0]!r}"
+        )
+    return raw
+
+
+def _origins(env: Mapping[str, str]) -> str | list[str]:
+    raw = env.get("CORS_ORIGINS", "").strip()
+    if not raw or raw == "*":
+        return "*"
+    origins = [part.strip().rstrip("/") for part in raw.split(",") if part.strip()]
+    for origin in origins:
+        if "://" not in origin:
+            raise SettingsError(
+                f"CORS_ORIGINS must be '*' or a comma-separated list of origins "
+                f"such as https://example.com, got {origin!r}"
+            )
+    return origins
+
+
+def _log_level(env: Mapping[str, str]) -> str:
+    raw = env.get("LOG_LEVEL", "").strip().upper() or "INFO"
+    if raw not in logging.getLevelNamesMapping():
+        raise SettingsError(f"LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, got {raw!r}")
+    return raw
+
+
+def load(env: Mapping[str, str] | None = None) -> Settings:
+    """Read every setting from `env` (default: the process environment)."""
+    env = os.environ if env is None else env
+    return Settings(
+        port=_int(env, "PORT", 3000, 0, 65535),
+        host=env.get("HOST", "").strip() or None,
+        redis_url=_redis_url(env),
+        cors_origins=_origins(env),
+        log_level=_log_level(env),
+        max_message_bytes=_int(env, "MAX_MESSAGE_BYTES", 16_384, 1_024, 1_000_000),
+        redis_timeout=_seconds(env, "REDIS_TIMEOUT", 2.0),
+        redis_max_connections=_int(env, "REDIS_MAX_CONNECTIONS", 32, 1, 10_000),
+        code_grace_seconds=_seconds(env, "CODE_GRACE_SECONDS", 300.0),
+    )

@@ -1,0 +1,311 @@
+"""Session storage: the in-memory store, and Redis persistence as a mixin over it.
+
+Memory is always the first truth for this process, so every event is answered even while Redis is
+away. With Redis, every change is written under `session:<token>`; a write that fails is held
+(the token is marked dirty) and written by the background recovery once Redis answers again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Final, TypeVar
+
+import msgspec
+from redis import asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from . import keys
+from .clock import Clock
+from .logs import token_ref
+from .models import Session
+from .rules import fresh_from_storage
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Change = Callable[[Session], tuple[Session, T]]
+
+_encode = msgspec.json.Encoder().encode
+_decode_strict = msgspec.json.Decoder(Session).decode
+IDLE_EVICT_MS: Final = 10 * 60_000
+
+
+class StoreUnavailable(Exception):
+    """A session is not in memory and its storage cannot be asked right now."""
+
+
+def decode_record(raw: bytes | str) -> Session:
+    """Read a stored record, tolerating what the Node server may have written (e.g. "5")."""
+    try:
+        return _decode_strict(raw)
+    except msgspec.ValidationError:
+        return msgspec.json.decode(raw, type=Session, strict=False)
+
+
+class MemoryStore:
+    """Sessions in this process, expiring like their Redis records (30 days after a write)."""
+
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+        self._sessions: dict[str, Session] = {}
+        self._written: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    @property
+    def persistent(self) -> bool:
+        return False
+
+    async def start(self) -> None:
+        log.warning("REDIS_URL is not set: sessions are kept in memory only and lost on restart")
+
+    async def close(self) -> None:
+        pass
+
+    def cached(self, token: str) -> Session | None:
+        return self._sessions.get(token)
+
+    async def load(self, token: str) -> Session | None:
+        session = self._sessions.get(token)
+        if session is not None:
+            return session
+        fetched = await self._fetch(token)
+        if fetched is None:
+            return None
+        # Another event may have loaded (and changed) it while we waited: theirs wins.
+        return self._sessions.setdefault(token, fetched)
+
+    async def create(self, token: str, session: Session) -> None:
+        self._remember(token, session)
+        await self._persist(token)
+
+    async def update(self, token: str, change: Change[T]) -> tuple[Session, T] | None:
+        """Apply a pure change to the current record and persist it; None if there is no session.
+
+        The change runs on the newest record with no await in between, so concurrent events in
+        this process never lose each other's updates.
+        """
+        if await self.load(token) is None:
+            return None
+        current = self._sessions.get(token)
+        if current is None:
+            return None
+        changed, result = change(current)
+        if changed is not current:
+            self._remember(token, changed)
+            await self._persist(token)
+        return changed, result
+
+    def _remember(self, token: str, session: Session) -> None:
+        self._sessions[token] = session
+        self._written[token] = self._clock()
+
+    def sweep(self) -> int:
+        """Drop records past their 30-day expiry; returns how many went."""
+        limit = self._clock() - keys.SESSION_TTL_SECONDS * 1000
+        stale = [token for token, at in self._written.items() if at < limit]
+        for token in stale:
+            self._forget(token)
+        return len(stale)
+
+    def _forget(self, token: str) -> None:
+        self._sessions.pop(token, None)
+        self._written.pop(token, None)
+
+    async def _fetch(self, token: str) -> Session | None:
+        return None
+
+    async def _persist(self, token: str) -> None:
+        pass
+
+
+if TYPE_CHECKING:
+    _StoreBase = MemoryStore
+else:
+    _StoreBase = object
+
+
+class RedisPersistence(_StoreBase):
+    """Mixin over MemoryStore: records read through from and written through to Redis.
+
+    A write that fails marks its token dirty; the recovery task writes the newest state of every
+    dirty token once Redis answers again, so nothing confirmed while it was away is lost.
+    """
+
+    def __init__(self, clock: Clock, redis: aioredis.Redis) -> None:
+        super().__init__(clock)
+        self._redis = redis
+        self._dirty: set[str] = set()
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._recovery: asyncio.Task[None] | None = None
+        self.available = False
+
+    @property
+    def persistent(self) -> bool:
+        return True
+
+    @property
+    def held(self) -> int:
+        """Sessions changed while Redis was away and not yet written."""
+        return len(self._dirty)
+
+    async def start(self) -> None:
+        try:
+            await self._redis.ping()
+        except (RedisError, OSError) as exc:
+            self._lost(exc)
+            return
+        self.available = True
+        log.info("Redis connected successfully")
+
+    async def close(self) -> None:
+        if self._recovery is not None:
+            self._recovery.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._recovery
+        if self._dirty:
+            with contextlib.suppress(RedisError, OSError):
+                await self._flush()
+        if self._dirty:
+            log.error("Shutting down with %d session changes not written to Redis", self.held)
+        await self._redis.aclose()
+
+    async def _fetch(self, token: str) -> Session | None:
+        if not self.available:
+            raise StoreUnavailable
+        try:
+            raw = await self._redis.get(keys.session(token))
+        except (RedisError, OSError) as exc:
+            self._lost(exc)
+            raise StoreUnavailable from exc
+        if raw is None:
+            return None
+        try:
+            session = fresh_from_storage(decode_record(raw))
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            log.error("Unreadable record for session %s: %s", token_ref(token), exc)
+            return None
+        log.info("Session restored from Redis: %s", token_ref(token))
+        return session
+
+    async def _persist(self, token: str) -> None:
+        if not self.available:
+            self._dirty.add(token)
+            return
+        try:
+            async with self._lock(token):
+                await self._write(token)
+        except (RedisError, OSError) as exc:
+            self._dirty.add(token)
+            self._lost(exc)
+
+    async def _write(self, token: str) -> None:
+        # Always the newest state: writes of one token are serialised, so the last one wins.
+        session = self._sessions.get(token)
+        if session is not None:
+            await self._redis.set(
+                keys.session(token), _encode(session), ex=keys.SESSION_TTL_SECONDS
+            )
+
+    @contextlib.asynccontextmanager
+    async def _lock(self, token: str) -> AsyncIterator[None]:
+        lock = self._locks.setdefault(token, asyncio.Lock())
+        try:
+            async with lock:
+                yield
+        finally:
+            if not lock.locked() and self._locks.get(token) is lock:
+                del self._locks[token]
+
+    def _lost(self, exc: BaseException) -> None:
+        if self.available or self._recovery is None:
+            log.error(
+                "Redis unavailable (%s): serving from memory, changes are held until it is back",
+                exc.__class__.__name__,
+            )
+        self.available = False
+        if self._recovery is None or self._recovery.done():
+            self._recovery = asyncio.create_task(self._recover(), name="redis-recovery")
+
+    async def _recover(self) -> None:
+        delay = 0.1
+        while True:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+            try:
+                await self._redis.ping()
+                written = await self._flush()
+            except (RedisError, OSError) as exc:
+                log.debug("Redis still unavailable: %s", exc)
+                continue
+            if not self._dirty:
+                # No await between the check and the switch: no change can slip past the flush.
+                self.available = True
+                log.info("Redis connected successfully (recovered, wrote %d held)", written)
+                return
+
+    async def _flush(self) -> int:
+        """Write every held session; what changes during the write stays held for the next round."""
+        written = 0
+        while self._dirty:
+            snapshot = {token: self._sessions.get(token) for token in list(self._dirty)[:500]}
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for token, session in snapshot.items():
+                    if session is not None:
+                        pipe.set(keys.session(token), _encode(session), ex=keys.SESSION_TTL_SECONDS)
+                await pipe.execute()
+            for token, session in snapshot.items():
+                if self._sessions.get(token) is session:
+                    self._dirty.discard(token)
+            written += len(snapshot)
+        return written
+
+    def sweep(self) -> int:
+        """Besides expiry, drop idle records with no connected socket: Redis holds them."""
+        gone = super().sweep()
+        if not self.available:
+            return gone
+        limit = self._clock() - IDLE_EVICT_MS
+        idle = [
+            token
+            for token, at in self._written.items()
+            if at < limit and token not in self._dirty and not self._has_sockets(token)
+        ]
+        for token in idle:
+            self._forget(token)
+        return gone + len(idle)
+
+    def _has_sockets(self, token: str) -> bool:
+        session = self._sessions.get(token)
+        return session is not None and (
+            session.tracked_socket_id is not None or bool(session.tracker_socket_ids)
+        )
+
+
+class RedisStore(RedisPersistence, MemoryStore):
+    """Sessions in memory, persisted in Redis."""
+
+
+def connect(url: str, *, timeout: float, max_connections: int) -> aioredis.Redis:
+    """A Redis client that waits for a free connection and retries once on a dropped one."""
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=timeout,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        health_check_interval=30,
+    )
+    return aioredis.Redis(
+        connection_pool=pool,
+        retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 1),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+    )
