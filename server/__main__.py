@@ -20,7 +20,9 @@ def main() -> int:
     logs.configure(config.log_level)
     where = f"{config.host or '*'}:{config.port}"
     logging.getLogger("server").info("All Is Well server listening on %s", where)
-    web.run_app(create_app(config), host=config.host, port=config.port, print=None)
+    web.run_app(
+        create_app(config), host=config.host, port=config.port, print=None, shutdown_timeout=5
+    )
     return 0
 
 

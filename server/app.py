@@ -11,7 +11,7 @@ from typing import Final
 import socketio
 from aiohttp import web
 
-from . import http, jsonlib
+from . import http, jsonlib, transport
 from .clock import Clock, wall_ms
 from .events import Events
 from .settings import Settings
@@ -23,18 +23,7 @@ SOCKET_PATH: Final = "/socket.io/"
 SWEEP_SECONDS: Final = 30.0
 SIO: Final = web.AppKey("sio", socketio.AsyncServer)
 STORE: Final = web.AppKey("store", MemoryStore)
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-@web.middleware
-async def no_websocket_compression(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Refuse permessage-deflate: ~90 KB per connection, and the Node server never used it."""
-    if request.path.startswith(SOCKET_PATH) and "Sec-WebSocket-Extensions" in request.headers:
-        headers = request.headers.copy()
-        del headers["Sec-WebSocket-Extensions"]
-        request = request.clone(headers=headers)
-    return await handler(request)
+WEBSOCKETS: Final = web.AppKey("websockets", transport.WebSockets)
 
 
 OnPrepare = Callable[[web.Request, web.StreamResponse], Awaitable[None]]
@@ -69,9 +58,7 @@ def build_store(settings: Settings, clock: Clock) -> MemoryStore:
 
 def create_app(settings: Settings, clock: Clock = wall_ms) -> web.Application:
     """Build the whole server; nothing connects or starts until the app starts."""
-    app = web.Application(
-        middlewares=[no_websocket_compression], client_max_size=settings.max_message_bytes
-    )
+    app = web.Application(client_max_size=settings.max_message_bytes)
     sio = socketio.AsyncServer(
         async_mode="aiohttp",
         cors_allowed_origins=settings.cors_origins,
@@ -84,6 +71,9 @@ def create_app(settings: Settings, clock: Clock = wall_ms) -> web.Application:
         engineio_logger=False,
     )
     sio.attach(app, socketio_path=SOCKET_PATH.strip("/"))
+    websockets = transport.WebSockets()
+    transport.install(sio, websockets)
+    app[WEBSOCKETS] = websockets
     store = build_store(settings, clock)
     events = Events(sio, store, clock, code_grace_ms=round(settings.code_grace_seconds * 1000))
     events.attach()
@@ -94,7 +84,13 @@ def create_app(settings: Settings, clock: Clock = wall_ms) -> web.Application:
     app.on_response_prepare.append(cors_headers(settings.cors_origins))
     app.cleanup_ctx.append(_storage)
     app.cleanup_ctx.append(_sweeper)
+    app.on_shutdown.append(_close_transports)
     return app
+
+
+async def _close_transports(app: web.Application) -> None:
+    """On SIGTERM: hang up every client so that it reconnects (to the next instance)."""
+    await transport.close_transports(app[SIO], app[WEBSOCKETS])
 
 
 async def _storage(app: web.Application) -> AsyncIterator[None]:

@@ -8,8 +8,8 @@ import msgspec
 
 MAX_TIMER_MINUTES: Final = 43_200  # 30 days: a record idle longer than that expires anyway
 
-Code = Annotated[str, msgspec.Meta(pattern=r"^[1-9][0-9]{5}$")]
-Token = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
+Code = Annotated[str, msgspec.Meta(pattern=r"^[1-9][0-9]{5}\Z")]
+Token = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}\Z")]
 Minutes = (
     Annotated[int, msgspec.Meta(gt=0, le=MAX_TIMER_MINUTES)]
     | Annotated[float, msgspec.Meta(gt=0, le=MAX_TIMER_MINUTES)]

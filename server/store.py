@@ -303,9 +303,8 @@ def connect(url: str, *, timeout: float, max_connections: int) -> aioredis.Redis
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
         health_check_interval=30,
-    )
-    return aioredis.Redis(
-        connection_pool=pool,
         retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 1),
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
     )
+    # from_pool: closing the client closes the pool (and its sockets) too.
+    return aioredis.Redis.from_pool(pool)

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Sets up everything the tests need on a fresh machine (Python 3.11+, Node.js 18+), then runs
+# the linters and the whole test suite. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+python=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    "$python" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet -e '.[test,dev]'
+
+# The tests start their own redis-server on free ports; they only need the binary.
+if ! command -v redis-server >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        apt-get update -qq && apt-get install -y -qq redis-server >/dev/null
+    else
+        echo "redis-server is needed by the tests: install it (e.g. apt-get install redis-server)" >&2
+        exit 1
+    fi
+fi
+# The compatibility tests drive the server with the real Node socket.io-client, from the lockfile.
+(cd tests/node && npm ci --no-audit --no-fund --loglevel=error)
+
+.venv/bin/ruff check server tests scripts
+.venv/bin/ruff format --check server tests scripts
+.venv/bin/mypy server
+exec .venv/bin/pytest "$@"

@@ -1,0 +1,96 @@
+"""The protocol's decisions, called directly with an explicit `now`."""
+
+from server import rules
+from server.models import Session
+
+NOW = 1_800_000_000_000
+MIN = 60_000
+
+
+def armed(**fields: object) -> Session:
+    base = {"reminder_time_minutes": 10, "alert_time_minutes": 20, "settings_configured": True}
+    return Session(**{**base, **fields})  # type: ignore[arg-type]
+
+
+def test_a_check_in_without_timers_only_records_the_time() -> None:
+    session = rules.check_in(Session(pending_alert=NOW - 5), NOW)
+    assert session.last_check_in == NOW
+    assert session.pending_alert is None
+    assert session.reminder_time_end is None and session.alert_time_end is None
+    assert not rules.timers_armed(session)
+
+
+def test_a_check_in_restarts_armed_timers_from_now() -> None:
+    session = rules.check_in(armed(last_check_in=NOW - 99 * MIN), NOW)
+    assert session.reminder_time_end == NOW + 10 * MIN
+    assert session.alert_time_end == NOW + 20 * MIN
+    assert rules.timers_payload(session) == {
+        "reminderTimeMinutes": 10,
+        "alertTimeMinutes": 20,
+        "reminderTimeEnd": NOW + 10 * MIN,
+        "alertTimeEnd": NOW + 20 * MIN,
+    }
+
+
+def test_timers_count_from_the_last_check_in_when_there_is_one() -> None:
+    session = rules.set_timers(Session(last_check_in=NOW - MIN), 0.5, 2, NOW)
+    assert session.settings_configured
+    assert session.reminder_time_end == NOW - MIN + 30_000
+    assert session.alert_time_end == NOW + MIN
+
+
+def test_timers_count_from_now_without_a_check_in() -> None:
+    session = rules.set_timers(Session(), 1, 3, NOW)
+    assert (session.reminder_time_end, session.alert_time_end) == (NOW + MIN, NOW + 3 * MIN)
+
+
+def test_fractional_minutes_give_whole_milliseconds() -> None:
+    session = rules.set_timers(Session(), 0.0001, 0.01, NOW)
+    assert session.reminder_time_end == NOW + 6
+    assert isinstance(session.reminder_time_end, int)
+
+
+def test_the_alert_expires_only_after_the_alert_time_has_passed() -> None:
+    session = armed(last_check_in=NOW - 20 * MIN)
+    assert not rules.alert_expired(session, NOW)
+    assert rules.alert_expired(session, NOW + 1)
+
+
+def test_the_alert_never_expires_without_a_check_in_or_settings() -> None:
+    assert not rules.alert_expired(armed(), NOW)
+    assert not rules.alert_expired(armed(last_check_in=0, settings_configured=False), NOW)
+
+
+def test_status_makes_an_expired_alert_pending_once() -> None:
+    first, expired = rules.observe_status(armed(last_check_in=NOW - 30 * MIN), NOW)
+    assert expired and first.pending_alert == NOW
+    again, still = rules.observe_status(first, NOW + 5_000)
+    assert still and again is first  # the first time it was seen stays the alert's time
+
+
+def test_status_changes_nothing_while_the_alert_is_not_due() -> None:
+    session = armed(last_check_in=NOW)
+    assert rules.observe_status(session, NOW + MIN) == (session, False)
+
+
+def test_sockets_join_and_leave_without_duplicates() -> None:
+    session = rules.with_tracker(rules.with_tracker(Session(), "a"), "a")
+    assert session.tracker_socket_ids == ("a",)
+    assert rules.without_tracker(session, "b") is session
+    assert rules.without_tracker(session, "a").tracker_socket_ids == ()
+    tracked = rules.with_tracked(session, "t")
+    assert rules.without_tracked(tracked, "other") is tracked
+    assert rules.without_tracked(tracked, "t").tracked_socket_id is None
+
+
+def test_a_record_from_storage_forgets_its_sockets() -> None:
+    stored = armed(tracked_socket_id="old", tracker_socket_ids=("x", "y"), last_check_in=NOW)
+    fresh = rules.fresh_from_storage(stored)
+    assert fresh.tracked_socket_id is None and fresh.tracker_socket_ids == ()
+    assert fresh.last_check_in == NOW and fresh.settings_configured
+
+
+def test_tokens_are_64_lowercase_hex_and_distinct() -> None:
+    tokens = {rules.new_token() for _ in range(100)}
+    assert len(tokens) == 100
+    assert all(len(t) == 64 and t == t.lower() and int(t, 16) >= 0 for t in tokens)
