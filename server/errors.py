@@ -18,6 +18,7 @@ INVALID_TIMERS: Final = (
 )
 STORAGE_UNAVAILABLE: Final = "Session storage is temporarily unavailable. Try again shortly."
 INTERNAL: Final = "Internal server error"
+MALFORMED_PACKET: Final = "Malformed message: not a valid Socket.IO packet"
 
 
 def invalid_payload(event: str, expected: str) -> str:

@@ -15,5 +15,9 @@ def dumps(obj: Any, **_: Any) -> str:
 
 
 def loads(data: str | bytes, **_: Any) -> Any:
-    # msgspec.DecodeError is a ValueError, which is what python-socketio expects on bad input.
-    return _decoder.decode(data)
+    # msgspec.DecodeError is a ValueError, which is what python-socketio expects on bad input;
+    # nesting deeper than msgspec's limit is bad input too.
+    try:
+        return _decoder.decode(data)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None

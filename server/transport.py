@@ -1,13 +1,45 @@
-"""Engine.IO's aiohttp WebSocket, without compression, and closable all at once on shutdown."""
+"""The Socket.IO server's transport: malformed packets refused, WebSockets uncompressed and
+closable all at once on shutdown."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import weakref
 from typing import Any
 
+import socketio
 from aiohttp import WSCloseCode, web
 from engineio.async_drivers import aiohttp as engineio_aiohttp
+
+from . import errors
+
+log = logging.getLogger(__name__)
+
+
+class SocketServer(socketio.AsyncServer):  # type: ignore[misc]
+    """An AsyncServer that answers an undecodable packet with an `error` event.
+
+    python-socketio lets decoding errors (and e.g. `42{}`, an event that is not a list) escape
+    to engine.io, which logs a traceback per packet: any client could fill the log. Here it is
+    one info line and a clear reply.
+    """
+
+    async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
+        try:
+            await super()._handle_eio_message(eio_sid, data)
+        except (ValueError, LookupError, TypeError, AttributeError) as exc:
+            # Only decoding and packet shape fail here: handlers run in tasks of their own.
+            log.info("Malformed packet from %s dropped: %s", eio_sid, str(exc)[:200])
+            sid = self.manager.sid_from_eio_sid(eio_sid, "/")
+            if sid is not None:
+                await self.emit("error", errors.MALFORMED_PACKET, to=sid)
+
+    async def _handle_event(self, eio_sid: str, namespace: str, id: Any, data: Any) -> None:
+        # Checked here, before the handler task starts, so the refusal above applies to it.
+        if not isinstance(data, list) or not data or not isinstance(data[0], str):
+            raise ValueError("an event is a list that starts with its name")
+        await super()._handle_event(eio_sid, namespace, id, data)
 
 
 class WebSockets:

@@ -1,4 +1,4 @@
-"""Transport settings that decide memory and reconnects: no WebSocket compression, sized messages."""
+"""Transport: no WebSocket compression, sized messages, malformed packets refused."""
 
 from __future__ import annotations
 
@@ -37,3 +37,35 @@ async def test_an_oversized_websocket_message_closes_only_that_connection(
             assert closed is None and ws.close_code == 1009  # message too big
         await bystander.send('42["checkIn","nope"]')
         assert await asyncio.wait_for(bystander.recv(), 5) == '42["error","Invalid session token"]'
+
+
+async def test_undecodable_packets_get_an_error_and_the_connection_keeps_working(
+    server: ServerProcess,
+) -> None:
+    malformed = [
+        "42[",
+        '42{"a":1}',
+        "42[]",
+        "42[5]",
+        "42[null]",
+        '42"checkIn"',
+        '42[{"x":1}]',
+        "4" + "[" * 5000 + "]" * 5000,
+        "49",
+        "4x",
+        '42["checkIn"',
+    ]
+    async with websockets.connect(ws_url(server)) as ws:
+        await ws.recv()
+        await ws.send("40")
+        assert (await ws.recv()).startswith("40")
+        for packet in malformed:
+            await ws.send(packet)
+            reply = await asyncio.wait_for(ws.recv(), timeout=5)
+            assert reply == '42["error","Malformed message: not a valid Socket.IO packet"]', packet
+        # Events nobody handles are ignored, as the Node server ignored them.
+        await ws.send('42["noSuchEvent",1]')
+        await ws.send('42["registerCode","123456"]')
+        reply = await asyncio.wait_for(ws.recv(), timeout=5)
+        assert reply.startswith('42["codeRegistered",{"code":"123456","expiresAt":')
+    assert "Traceback" not in server.log_text()
