@@ -20,7 +20,17 @@ if ! command -v redis-server >/dev/null; then
         exit 1
     fi
 fi
-# The compatibility tests drive the server with the real Node socket.io-client, from the lockfile.
+# The demo page's end-to-end test drives Debian's Chromium (never a downloaded browser).
+if [ ! -x /usr/bin/chromium ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        apt-get update -qq && apt-get install -y -qq chromium >/dev/null
+    else
+        echo "chromium is needed by the tests: install it (e.g. apt-get install chromium)" >&2
+        exit 1
+    fi
+fi
+# The compatibility tests drive the server with the real Node socket.io-client, and the browser
+# test uses playwright-core, both from the lockfile.
 (cd tests/node && npm ci --no-audit --no-fund --loglevel=error)
 
 .venv/bin/ruff check server tests scripts

@@ -17,12 +17,13 @@ def main() -> int:
     except settings.SettingsError as exc:
         print(f"Configuration error: {exc}", file=sys.stderr)
         return 2
-    logs.configure(config.log_level)
+    logs.configure(config.log_level, config.log_format)
     where = f"{config.host or '*'}:{config.port}"
     logging.getLogger("server").info("All Is Well server listening on %s", where)
     web.run_app(
         create_app(config), host=config.host, port=config.port, print=None, shutdown_timeout=5
     )
+    logging.getLogger("server").info("All Is Well server stopped")
     return 0
 
 

@@ -5,17 +5,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Final
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from typing import Any, Final
 
 import socketio
 from aiohttp import web
 
-from . import http, jsonlib, transport
+from . import demo, http, jsonlib, ops, transport
+from .alerts import Alerts
 from .clock import Clock, wall_ms
 from .events import Events
+from .limits import AttemptLimiter
+from .metrics import Metrics
 from .settings import Settings
 from .store import MemoryStore, RedisStore, connect
+from .webhooks import Webhooks
 
 log = logging.getLogger(__name__)
 
@@ -45,15 +49,18 @@ def cors_headers(origins: str | list[str]) -> OnPrepare:
     return on_prepare
 
 
-def build_store(settings: Settings, clock: Clock) -> MemoryStore:
+def build_store(settings: Settings, clock: Clock) -> tuple[MemoryStore, AttemptLimiter]:
+    """The session store and the attempt limiter, sharing one Redis client when configured."""
+    limit = settings.code_attempts_per_minute
     if settings.redis_url is None:
-        return MemoryStore(clock)
+        return MemoryStore(clock), AttemptLimiter(clock, limit)
     redis = connect(
         settings.redis_url,
         timeout=settings.redis_timeout,
         max_connections=settings.redis_max_connections,
     )
-    return RedisStore(clock, redis)
+    store = RedisStore(clock, redis)
+    return store, AttemptLimiter(clock, limit, redis, lambda: store.available)
 
 
 def create_app(settings: Settings, clock: Clock = wall_ms) -> web.Application:
@@ -74,22 +81,42 @@ def create_app(settings: Settings, clock: Clock = wall_ms) -> web.Application:
     websockets = transport.WebSockets()
     transport.install(sio, websockets)
     app[WEBSOCKETS] = websockets
-    store = build_store(settings, clock)
-    events = Events(sio, store, clock, code_grace_ms=round(settings.code_grace_seconds * 1000))
+    store, limiter = build_store(settings, clock)
+    metrics = Metrics()
+    events = Events(
+        sio,
+        store,
+        clock,
+        code_grace_ms=round(settings.code_grace_seconds * 1000),
+        limiter=limiter,
+        trust_proxy=settings.trust_proxy,
+        metrics=metrics,
+    )
     events.attach()
     app[SIO] = sio
     app[STORE] = store
     app[http.EVENTS] = events
     http.add_routes(app)
+    ops.install(app, metrics, sio, store)
+    demo.add_routes(app)
     app.on_response_prepare.append(cors_headers(settings.cors_origins))
+    webhooks = None
+    if settings.alert_webhook_url and settings.alert_webhook_secret:
+        webhooks = Webhooks(settings.alert_webhook_url, settings.alert_webhook_secret, clock)
+    alerts = Alerts(events, webhooks)
     app.cleanup_ctx.append(_storage)
-    app.cleanup_ctx.append(_sweeper)
+    app.cleanup_ctx.append(_background("sweeper", lambda: _sweep_forever(events)))
+    app.cleanup_ctx.append(_background("alerts", alerts.run_forever))
+    if webhooks is not None:
+        app.cleanup_ctx.append(_background("webhooks", webhooks.run))
     app.on_shutdown.append(_close_transports)
     return app
 
 
 async def _close_transports(app: web.Application) -> None:
     """On SIGTERM: hang up every client so that it reconnects (to the next instance)."""
+    open_sockets = sum(1 for socket in app[SIO].eio.sockets.values() if not socket.closed)
+    log.info("Shutting down: closing %d connections", open_sockets)
     await transport.close_transports(app[SIO], app[WEBSOCKETS])
 
 
@@ -100,20 +127,26 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
     await store.close()
 
 
-async def _sweeper(app: web.Application) -> AsyncIterator[None]:
+async def _sweep_forever(events: Events) -> None:
     """Forget expired codes and sessions now and then, so memory does not grow without bound."""
-    events = app[http.EVENTS]
+    while True:
+        await asyncio.sleep(SWEEP_SECONDS)
+        codes = events.codes.sweep(events.clock(), events.code_grace_ms)
+        sessions = events.store.sweep()
+        if codes or sessions:
+            log.debug("Swept %d codes and %d sessions from memory", codes, sessions)
 
-    async def sweep_forever() -> None:
-        while True:
-            await asyncio.sleep(SWEEP_SECONDS)
-            codes = events.codes.sweep(events.clock(), events.code_grace_ms)
-            sessions = events.store.sweep()
-            if codes or sessions:
-                log.debug("Swept %d codes and %d sessions from memory", codes, sessions)
 
-    task = asyncio.create_task(sweep_forever(), name="sweeper")
-    yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+def _background(
+    name: str, work: Callable[[], Coroutine[Any, Any, None]]
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    """A cleanup context that runs `work` for the app's lifetime."""
+
+    async def run(app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.create_task(work(), name=name)
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    return run

@@ -16,6 +16,7 @@ INVALID_TIMERS: Final = (
     "Invalid timers: reminderTimeMinutes and alertTimeMinutes must be numbers "
     f"greater than 0 and at most {MAX_TIMER_MINUTES}"
 )
+TOO_MANY_ATTEMPTS: Final = "Too many attempts. Try again later."
 STORAGE_UNAVAILABLE: Final = "Session storage is temporarily unavailable. Try again shortly."
 INTERNAL: Final = "Internal server error"
 MALFORMED_PACKET: Final = "Malformed message: not a valid Socket.IO packet"

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from typing import Any
+from urllib.parse import parse_qs
 
 import socketio
 from msgspec.structs import replace
 
 from . import errors, payloads, rules
 from .clock import Clock
+from .limits import AttemptLimiter, client_address
 from .logs import token_ref
+from .metrics import Metrics
 from .models import PendingCode, Session
 from .pairing import Claim, CodeBook, Track, register, track
 from .presence import Presence, Role, trackers_room
@@ -25,6 +30,9 @@ Handler = Callable[[str, tuple[Any, ...]], Awaitable[None]]
 # Node's "client namespace disconnect" is the only reason that must not warn the tracked person.
 CLIENT_LEFT = "client disconnect"
 
+# Set when a handler answered its sender with `error` (each event runs in a task of its own).
+_answered_error: ContextVar[bool] = ContextVar("answered_error", default=False)
+
 
 class Events:
     """The protocol of PROTOCOL.md, one method per client event."""
@@ -36,13 +44,22 @@ class Events:
         clock: Clock,
         *,
         code_grace_ms: int,
+        limiter: AttemptLimiter | None = None,
+        trust_proxy: bool = False,
+        metrics: Metrics | None = None,
     ) -> None:
         self.sio = sio
+        self.metrics = metrics or Metrics()
         self.store = store
         self.clock = clock
         self.codes = CodeBook()
         self.presence = Presence()
         self.code_grace_ms = code_grace_ms
+        self.limiter = limiter or AttemptLimiter(clock, limit=10)
+        self.trust_proxy = trust_proxy
+        self.addresses: dict[str, str] = {}
+        # Told when a check-in clears a pending alert (the alerts' webhook says "all clear").
+        self.on_all_clear: Callable[[str, int], None] | None = None
 
     def attach(self) -> None:
         handlers: dict[str, Handler] = {
@@ -55,6 +72,7 @@ class Events:
         }
         for event, handler in handlers.items():
             self.sio.on(event, self._guarded(event, handler))
+        self.sio.on("connect", self.connect)
         self.sio.on("disconnect", self.disconnect)
 
     def _guarded(self, event: str, handler: Handler) -> Callable[..., Awaitable[None]]:
@@ -62,21 +80,30 @@ class Events:
 
         @functools.wraps(handler)
         async def run(sid: str, *args: Any) -> None:
+            started = time.perf_counter()
+            _answered_error.set(False)
+            outcome = "error"
             try:
                 await handler(sid, args)
+                outcome = "rejected" if _answered_error.get() else "ok"
             except payloads.BadPayload as exc:
+                outcome = "rejected"
                 log.info("Rejected %s from %s: %s", event, sid, exc)
                 await self._error(sid, str(exc))
             except StoreUnavailable:
                 log.warning("%s from %s: session not in memory and Redis unavailable", event, sid)
                 await self._error(sid, errors.STORAGE_UNAVAILABLE)
             except Exception:
+                self.metrics.error("event")
                 log.exception("%s from %s failed", event, sid)
                 await self._error(sid, errors.INTERNAL)
+            finally:
+                self.metrics.event(event, outcome, time.perf_counter() - started)
 
         return run
 
     async def _error(self, sid: str, message: str) -> None:
+        _answered_error.set(True)
         await self.sio.emit("error", message, to=sid)
 
     async def _emit_to_trackers(self, token: str, event: str, data: Any = None) -> None:
@@ -90,10 +117,16 @@ class Events:
     async def register_code(self, sid: str, args: tuple[Any, ...]) -> None:
         code = payloads.code(args)
         now = self.clock()
-        claim, entry = register(self.codes.get(code), code, sid, now, self.code_grace_ms)
+        existing = self.codes.get(code)
+        claim, entry = register(existing, code, sid, now, self.code_grace_ms)
         if claim is Claim.IN_USE:
             log.info("registerCode from %s refused: code held by another socket", sid)
-            await self._error(sid, errors.CODE_IN_USE)
+            await self._failed_attempt(sid, errors.CODE_IN_USE)
+            return
+        reclaim = claim is Claim.RESUMED and existing is not None and existing.tracked_sid != sid
+        if reclaim and await self.limiter.blocked(self._address(sid)):
+            # Reclaiming hands out a session token: not to an address that has been guessing.
+            await self._error(sid, errors.TOO_MANY_ATTEMPTS)
             return
         reply: dict[str, Any] = {"code": code, "expiresAt": entry.expires_at}
         if claim is Claim.RESUMED:
@@ -111,6 +144,9 @@ class Events:
 
     async def track_code(self, sid: str, args: tuple[Any, ...]) -> None:
         code = payloads.code(args)
+        if await self.limiter.blocked(self._address(sid)):
+            await self._error(sid, errors.TOO_MANY_ATTEMPTS)
+            return
         now = self.clock()
         entry = self.codes.get(code)
         verdict = track(entry, now, self.code_grace_ms)
@@ -119,7 +155,7 @@ class Events:
             await self._error(sid, errors.CODE_EXPIRED)
             return
         if entry is None or verdict is Track.UNKNOWN:
-            await self._error(sid, errors.INVALID_OR_EXPIRED_CODE)
+            await self._failed_attempt(sid, errors.INVALID_OR_EXPIRED_CODE)
             return
         joined = await self._join_as_tracker(entry, sid)
         if joined is None:
@@ -145,6 +181,19 @@ class Events:
                 {"sessionToken": token, "timestamp": session.pending_alert},
                 to=sid,
             )
+
+    def _address(self, sid: str) -> str:
+        return self.addresses.get(sid, "unknown")
+
+    async def _failed_attempt(self, sid: str, message: str) -> None:
+        """A wrong code: counted against the address; past the limit the answer changes."""
+        address = self._address(sid)
+        if await self.limiter.blocked(address):
+            log.warning("Code attempts from %s over the limit", address)
+            await self._error(sid, errors.TOO_MANY_ATTEMPTS)
+            return
+        await self.limiter.failed(address)
+        await self._error(sid, message)
 
     async def _join_as_tracker(self, entry: PendingCode, sid: str) -> tuple[str, Session] | None:
         if entry.session_token is None:
@@ -214,11 +263,13 @@ class Events:
     async def check_in(self, sid: str, args: tuple[Any, ...]) -> None:
         token = payloads.token(args)
         now = self.clock()
-        updated = await self.store.update(token, _with(rules.check_in, now))
+        updated = await self.store.update(token, lambda s: rules.check_in_clearing(s, now))
         if updated is None:
             await self._error(sid, errors.INVALID_SESSION)
             return
-        session = updated[0]
+        session, cleared = updated
+        if cleared is not None and self.on_all_clear is not None:
+            self.on_all_clear(token, now)
         if rules.timers_armed(session):
             await self.sio.emit("timersSet", rules.timers_payload(session), to=sid)
         await self.sio.emit("checkInConfirmed", {"timestamp": now}, to=sid)
@@ -261,14 +312,23 @@ class Events:
 
     # --- leaving -----------------------------------------------------------------------------
 
+    async def connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
+        request = environ["aiohttp.request"]
+        self.addresses[sid] = client_address(request.remote, request.headers, self.trust_proxy)
+        started_on = parse_qs(environ.get("QUERY_STRING", "")).get("transport", ["polling"])[0]
+        self.metrics.connected("websocket" if started_on == "websocket" else "polling")
+
     async def disconnect(self, sid: str, reason: str = CLIENT_LEFT) -> None:
+        self.metrics.disconnected(reason)
         try:
             await self._leave(sid, reason)
         except Exception:
+            self.metrics.error("disconnect")
             log.exception("Disconnect bookkeeping for %s failed", sid)
 
     async def _leave(self, sid: str, reason: str) -> None:
         now = self.clock()
+        self.addresses.pop(sid, None)
         self.codes.release(sid, now)
         for token, role in self.presence.pop(sid):
             if role is Role.TRACKED:

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from typing import Final
 
 from aiohttp import web
 
 from . import errors
 from .events import Events
+from .limits import client_address
 from .store import StoreUnavailable
 
 EVENTS: Final = web.AppKey("events", Events)
-TOKEN_PATTERN: Final = "[0-9a-f]{64}"
+TOKEN: Final = re.compile("[0-9a-f]{64}")
 
 INDEX: Final = {
     "message": "All Is Well Backend API",
@@ -28,12 +30,18 @@ async def index(request: web.Request) -> web.Response:
 
 
 async def status(request: web.Request) -> web.Response:
+    events = request.app[EVENTS]
     token = request.match_info["token"]
+    address = client_address(request.remote, request.headers, events.trust_proxy)
+    # Guessing tokens here is limited like guessing codes over Socket.IO.
+    if await events.limiter.blocked(address):
+        return web.json_response({"error": errors.TOO_MANY_ATTEMPTS}, status=429)
     try:
-        found = await request.app[EVENTS].status(token)
+        found = await events.status(token) if TOKEN.fullmatch(token) else None
     except StoreUnavailable:
         return web.json_response({"error": errors.STORAGE_UNAVAILABLE}, status=503)
     if found is None:
+        await events.limiter.failed(address)
         return web.json_response({"error": errors.INVALID_SESSION}, status=404)
     session, expired = found
     return web.json_response(
@@ -46,11 +54,6 @@ async def status(request: web.Request) -> web.Response:
     )
 
 
-async def unknown_token(request: web.Request) -> web.Response:
-    return web.json_response({"error": errors.INVALID_SESSION}, status=404)
-
-
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/", index)
-    app.router.add_get(f"/api/status/{{token:{TOKEN_PATTERN}}}", status)
-    app.router.add_get("/api/status/{token}", unknown_token)
+    app.router.add_get("/api/status/{token}", status)

@@ -116,3 +116,56 @@ def clear_pending(session: Session) -> Session:
 def fresh_from_storage(session: Session) -> Session:
     """Socket ids mean nothing to a process that did not make them."""
     return replace(session, tracked_socket_id=None, tracker_socket_ids=())
+
+
+ALERT: Final = "alert"
+REMINDER: Final = "reminder"
+
+
+def deadlines(session: Session, now: int) -> dict[str, int]:
+    """What the scheduler must wake up for: the alert, and the reminder while it is ahead.
+
+    Nothing while an alert is pending (it has fired) or timers are not set. A session that has
+    set timers but never checked in alerts too: its deadlines count from when the timers were
+    set, as PROTOCOL.md computes alertTimeEnd. A reminder not before the alert is dropped (the
+    alert says more), and so is one already past: a late reminder helps nobody.
+    """
+    if not timers_armed(session) or session.alert_time_end is None:
+        return {}
+    if session.pending_alert is not None:
+        return {}
+    due = {ALERT: round(session.alert_time_end)}
+    reminder = session.reminder_time_end
+    if reminder is not None and now < reminder < session.alert_time_end:
+        due[REMINDER] = round(reminder)
+    return due
+
+
+def fire_alert(session: Session, due: int) -> tuple[Session, bool]:
+    """The alert deadline `due` has passed: make it pending, unless it is stale."""
+    if (
+        session.pending_alert is not None
+        or session.alert_time_end is None
+        or round(session.alert_time_end) != due
+        or not timers_armed(session)
+    ):
+        return session, False
+    return replace(session, pending_alert=due), True
+
+
+def reminder_due(session: Session, due: int, now: int) -> bool:
+    """The reminder deadline `due` still stands (no check-in, no new timers since) and the
+    alert has not come yet (after downtime a late reminder would only confuse)."""
+    return (
+        session.pending_alert is None
+        and session.reminder_time_end is not None
+        and round(session.reminder_time_end) == due
+        and session.alert_time_end is not None
+        and now < session.alert_time_end
+        and timers_armed(session)
+    )
+
+
+def check_in_clearing(session: Session, now: int) -> tuple[Session, int | float | None]:
+    """check_in, reporting the pending alert it cleared (for the all-clear)."""
+    return check_in(session, now), session.pending_alert

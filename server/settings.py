@@ -20,10 +20,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     redis_url: str | None = None
     cors_origins: str | list[str] = "*"
     log_level: str = "INFO"
+    log_format: str = "text"  # or "json": one JSON object per line
     max_message_bytes: int = 16_384
     redis_timeout: float = 2.0
     redis_max_connections: int = 32
     code_grace_seconds: float = 300.0
+    trust_proxy: bool = False
+    alert_webhook_url: str | None = None
+    alert_webhook_secret: str | None = None
+    code_attempts_per_minute: int = 10
 
 
 def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
@@ -50,6 +55,29 @@ def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
     if not math.isfinite(value) or value <= 0:
         raise SettingsError(f"{name} must be a positive number of seconds, got {raw!r}")
     return value
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise SettingsError(f"{name} must be true or false, got {raw!r}")
+
+
+def _webhook(env: Mapping[str, str]) -> tuple[str | None, str | None]:
+    url = env.get("ALERT_WEBHOOK_URL", "").strip() or None
+    secret = env.get("ALERT_WEBHOOK_SECRET", "").strip() or None
+    if url is None:
+        return None, None
+    if not url.startswith(("http://", "https://")):
+        raise SettingsError(f"ALERT_WEBHOOK_URL must be an http:// or https:// URL, got {url!r}")
+    if secret is None or len(secret) < 16:
+        raise SettingsError(
+            "ALERT_WEBHOOK_SECRET must be set, at least 16 characters, when ALERT_WEBHOOK_URL is"
+        )
+    return url, secret
 
 
 def _redis_url(env: Mapping[str, str]) -> str | None:
@@ -84,17 +112,30 @@ def _log_level(env: Mapping[str, str]) -> str:
     return raw
 
 
+def _log_format(env: Mapping[str, str]) -> str:
+    raw = env.get("LOG_FORMAT", "").strip().lower() or "text"
+    if raw not in ("text", "json"):
+        raise SettingsError(f"LOG_FORMAT must be text or json, got {raw!r}")
+    return raw
+
+
 def load(env: Mapping[str, str] | None = None) -> Settings:
     """Read every setting from `env` (default: the process environment)."""
     env = os.environ if env is None else env
+    webhook_url, webhook_secret = _webhook(env)
     return Settings(
         port=_int(env, "PORT", 3000, 0, 65535),
         host=env.get("HOST", "").strip() or None,
         redis_url=_redis_url(env),
         cors_origins=_origins(env),
         log_level=_log_level(env),
+        log_format=_log_format(env),
         max_message_bytes=_int(env, "MAX_MESSAGE_BYTES", 16_384, 1_024, 1_000_000),
         redis_timeout=_seconds(env, "REDIS_TIMEOUT", 2.0),
         redis_max_connections=_int(env, "REDIS_MAX_CONNECTIONS", 32, 1, 10_000),
         code_grace_seconds=_seconds(env, "CODE_GRACE_SECONDS", 300.0),
+        trust_proxy=_flag(env, "TRUST_PROXY"),
+        alert_webhook_url=webhook_url,
+        alert_webhook_secret=webhook_secret,
+        code_attempts_per_minute=_int(env, "CODE_ATTEMPTS_PER_MINUTE", 10, 1, 1_000_000),
     )

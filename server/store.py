@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import msgspec
 from redis import asyncio as aioredis
@@ -23,9 +23,10 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import keys
 from .clock import Clock
+from .deadlines import MemoryDeadlines, RedisDeadlines
 from .logs import token_ref
 from .models import Session
-from .rules import fresh_from_storage
+from .rules import ALERT, REMINDER, deadlines, fresh_from_storage
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ Change = Callable[[Session], tuple[Session, T]]
 _encode = msgspec.json.Encoder().encode
 _decode_strict = msgspec.json.Decoder(Session).decode
 IDLE_EVICT_MS: Final = 10 * 60_000
+KINDS: Final = (ALERT, REMINDER)
 
 
 class StoreUnavailable(Exception):
@@ -56,6 +58,7 @@ class MemoryStore:
         self._clock = clock
         self._sessions: dict[str, Session] = {}
         self._written: dict[str, int] = {}
+        self.deadlines: MemoryDeadlines | RedisDeadlines = MemoryDeadlines()
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -107,6 +110,8 @@ class MemoryStore:
     def _remember(self, token: str, session: Session) -> None:
         self._sessions[token] = session
         self._written[token] = self._clock()
+        if isinstance(self.deadlines, MemoryDeadlines):
+            self.deadlines.set(token, deadlines(session, self._clock()), KINDS)
 
     def sweep(self) -> int:
         """Drop records past their 30-day expiry; returns how many went."""
@@ -143,10 +148,14 @@ class RedisPersistence(_StoreBase):
     def __init__(self, clock: Clock, redis: aioredis.Redis) -> None:
         super().__init__(clock)
         self._redis = redis
+        self.deadlines = RedisDeadlines(redis)
+        # The deadlines last written per token: unchanged ones are not written again.
+        self._synced: dict[str, dict[str, int]] = {}
         self._dirty: set[str] = set()
         self._locks: dict[str, asyncio.Lock] = {}
         self._recovery: asyncio.Task[None] | None = None
         self.available = False
+        self.failures = 0  # Redis commands that failed, for /metrics
 
     @property
     def persistent(self) -> bool:
@@ -210,10 +219,20 @@ class RedisPersistence(_StoreBase):
     async def _write(self, token: str) -> None:
         # Always the newest state: writes of one token are serialised, so the last one wins.
         session = self._sessions.get(token)
-        if session is not None:
-            await self._redis.set(
-                keys.session(token), _encode(session), ex=keys.SESSION_TTL_SECONDS
-            )
+        if session is None:
+            return
+        async with self._redis.pipeline(transaction=True) as pipe:
+            due = self._queue_write(pipe, token, session)
+            await pipe.execute()
+        self._synced[token] = due
+
+    def _queue_write(self, pipe: Any, token: str, session: Session) -> dict[str, int]:
+        """The record, and its deadlines when they changed, in one transaction."""
+        pipe.set(keys.session(token), _encode(session), ex=keys.SESSION_TTL_SECONDS)
+        due = deadlines(session, self._clock())
+        if self._synced.get(token) != due:
+            RedisDeadlines.write(pipe, token, due, KINDS)
+        return due
 
     @contextlib.asynccontextmanager
     async def _lock(self, token: str) -> AsyncIterator[None]:
@@ -225,7 +244,16 @@ class RedisPersistence(_StoreBase):
             if not lock.locked() and self._locks.get(token) is lock:
                 del self._locks[token]
 
+    async def ping(self) -> None:
+        """One PING to Redis (for /metrics); a failure marks Redis away, then is raised."""
+        try:
+            await self._redis.ping()
+        except (RedisError, OSError) as exc:
+            self._lost(exc)
+            raise
+
     def _lost(self, exc: BaseException) -> None:
+        self.failures += 1
         if self.available or self._recovery is None:
             log.error(
                 "Redis unavailable (%s): serving from memory, changes are held until it is back",
@@ -257,11 +285,13 @@ class RedisPersistence(_StoreBase):
         written = 0
         while self._dirty:
             snapshot = {token: self._sessions.get(token) for token in list(self._dirty)[:500]}
-            async with self._redis.pipeline(transaction=False) as pipe:
+            synced: dict[str, dict[str, int]] = {}
+            async with self._redis.pipeline(transaction=True) as pipe:
                 for token, session in snapshot.items():
                     if session is not None:
-                        pipe.set(keys.session(token), _encode(session), ex=keys.SESSION_TTL_SECONDS)
+                        synced[token] = self._queue_write(pipe, token, session)
                 await pipe.execute()
+            self._synced.update(synced)
             for token, session in snapshot.items():
                 if self._sessions.get(token) is session:
                     self._dirty.discard(token)
@@ -282,6 +312,10 @@ class RedisPersistence(_StoreBase):
         for token in idle:
             self._forget(token)
         return gone + len(idle)
+
+    def _forget(self, token: str) -> None:
+        super()._forget(token)
+        self._synced.pop(token, None)
 
     def _has_sockets(self, token: str) -> bool:
         session = self._sessions.get(token)

@@ -35,6 +35,16 @@ class SocketServer(socketio.AsyncServer):  # type: ignore[misc]
             if sid is not None:
                 await self.emit("error", errors.MALFORMED_PACKET, to=sid)
 
+    async def _handle_eio_disconnect(self, eio_sid: str, reason: str) -> None:
+        # After a client's own CLOSE, engine.io leaves that client's pending long-poll waiting
+        # for the ping timeout (45 s): a request and a task held for nothing, and a shutdown
+        # that waits for them. Nothing more will be sent to it (no CLOSE packet follows), so
+        # end the poll now.
+        eio_socket = self.eio.sockets.get(eio_sid)
+        if eio_socket is not None and reason == self.eio.reason.CLIENT_DISCONNECT:
+            eio_socket.queue.put_nowait(None)
+        await super()._handle_eio_disconnect(eio_sid, reason)
+
     async def _handle_event(self, eio_sid: str, namespace: str, id: Any, data: Any) -> None:
         # Checked here, before the handler task starts, so the refusal above applies to it.
         if not isinstance(data, list) or not data or not isinstance(data[0], str):

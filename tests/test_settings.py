@@ -28,6 +28,7 @@ def test_every_variable_is_read() -> None:
             "REDIS_URL": "redis://default:pw@redis.railway.internal:6379",
             "CORS_ORIGINS": "https://localhost, capacitor://localhost/",
             "LOG_LEVEL": "debug",
+            "LOG_FORMAT": "JSON",
             "MAX_MESSAGE_BYTES": "4096",
             "REDIS_TIMEOUT": "0.5",
             "REDIS_MAX_CONNECTIONS": "8",
@@ -37,7 +38,7 @@ def test_every_variable_is_read() -> None:
     assert settings.port == 8080 and settings.host == "127.0.0.1"
     assert settings.redis_url == "redis://default:pw@redis.railway.internal:6379"
     assert settings.cors_origins == ["https://localhost", "capacitor://localhost"]
-    assert settings.log_level == "DEBUG"
+    assert settings.log_level == "DEBUG" and settings.log_format == "json"
     assert settings.max_message_bytes == 4096 and settings.redis_timeout == 0.5
     assert settings.redis_max_connections == 8 and settings.code_grace_seconds == 60
 
@@ -50,6 +51,7 @@ def test_every_variable_is_read() -> None:
         ("REDIS_URL", "localhost:6379"),
         ("CORS_ORIGINS", "example.com"),
         ("LOG_LEVEL", "LOUD"),
+        ("LOG_FORMAT", "xml"),
         ("MAX_MESSAGE_BYTES", "1"),
         ("REDIS_TIMEOUT", "nan"),
         ("CODE_GRACE_SECONDS", "-5"),

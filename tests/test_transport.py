@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import websockets
 
+from tests.support.nodeclient import NodeDriver
 from tests.support.processes import ServerProcess
 
 
@@ -69,3 +71,18 @@ async def test_undecodable_packets_get_an_error_and_the_connection_keeps_working
         reply = await asyncio.wait_for(ws.recv(), timeout=5)
         assert reply.startswith('42["codeRegistered",{"code":"123456","expiresAt":')
     assert "Traceback" not in server.log_text()
+
+
+async def test_a_server_with_clients_that_left_by_polling_stops_at_once(
+    server: ServerProcess, node: NodeDriver
+) -> None:
+    # engine.io kept a departed polling client's long-poll open for the ping timeout (45 s),
+    # and the shutdown waited for it.
+    stays = await node.connect(server.url, "polling", transports=["polling"])
+    leaves = await node.connect(server.url, "polling", transports=["polling"])
+    await leaves.disconnect()
+    await asyncio.sleep(0.3)
+    started = time.monotonic()
+    assert server.stop() == 0
+    assert time.monotonic() - started < 3
+    assert await stays.wait_disconnect(5) == "transport close"

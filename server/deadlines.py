@@ -1,0 +1,123 @@
+"""When each session's alert and reminder fall due, and who fires them.
+
+In memory: a heap. In Redis: one sorted set of due times (member `<kind>:<token>`) written in the
+same transaction as the session record, and a sorted set of leases: a claim moves due members to
+the leases atomically, so one instance fires each; a lease not released in time (its instance
+died) is taken over by the next claim.
+"""
+
+from __future__ import annotations
+
+import heapq
+from typing import Any, Final
+
+from redis import asyncio as aioredis
+
+from . import keys
+
+LEASE_MS: Final = 30_000
+
+Claimed = tuple[str, str, int]  # (kind, token, due)
+
+
+def member(kind: str, token: str) -> str:
+    return f"{kind}:{token}"
+
+
+class MemoryDeadlines:
+    """Deadlines of a single process without Redis."""
+
+    def __init__(self) -> None:
+        self._due: dict[str, int] = {}
+        self._heap: list[tuple[int, str]] = []
+
+    def __len__(self) -> int:
+        return len(self._due)
+
+    def set(self, token: str, due: dict[str, int], kinds: tuple[str, ...]) -> None:
+        for kind in kinds:
+            name = member(kind, token)
+            when = due.get(kind)
+            if when is None:
+                self._due.pop(name, None)
+            elif self._due.get(name) != when:
+                self._due[name] = when
+                heapq.heappush(self._heap, (when, name))
+
+    async def claim(self, now: int, limit: int) -> list[Claimed]:
+        claimed: list[Claimed] = []
+        while self._heap and self._heap[0][0] <= now and len(claimed) < limit:
+            when, name = heapq.heappop(self._heap)
+            if self._due.get(name) == when:  # else replaced or removed since
+                del self._due[name]
+                kind, token = name.split(":", 1)
+                claimed.append((kind, token, when))
+        return claimed
+
+    async def release(self, claimed: Claimed) -> None:
+        pass
+
+    def next_due(self) -> int | None:
+        while self._heap and self._due.get(self._heap[0][1]) != self._heap[0][0]:
+            heapq.heappop(self._heap)
+        return self._heap[0][0] if self._heap else None
+
+
+# Leases that ran out are taken over first, then due members are moved to the leases.
+_CLAIM: Final = """
+local now, lease_until, limit = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
+local out = {}
+local stale = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, limit)
+for _, m in ipairs(stale) do
+  redis.call('ZADD', KEYS[2], lease_until, m)
+  table.insert(out, m)
+end
+if #out < limit then
+  local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'WITHSCORES', 'LIMIT', 0,
+    limit - #out)
+  for i = 1, #due, 2 do
+    local m = due[i] .. '|' .. due[i + 1]
+    redis.call('ZREM', KEYS[1], due[i])
+    redis.call('ZADD', KEYS[2], lease_until, m)
+    table.insert(out, m)
+  end
+end
+return out
+"""
+
+
+class RedisDeadlines:
+    """Deadlines shared by every instance, in Redis."""
+
+    def __init__(self, redis: aioredis.Redis, lease_ms: int = LEASE_MS) -> None:
+        self._redis = redis
+        self._claim = redis.register_script(_CLAIM)
+        self.lease_ms = lease_ms
+
+    @staticmethod
+    def write(pipe: Any, token: str, due: dict[str, int], kinds: tuple[str, ...]) -> None:
+        """Queue the changes on `pipe`, the transaction that writes the session record."""
+        for kind in kinds:
+            when = due.get(kind)
+            if when is None:
+                pipe.zrem(keys.DEADLINES, member(kind, token))
+            else:
+                pipe.zadd(keys.DEADLINES, {member(kind, token): when})
+
+    async def claim(self, now: int, limit: int) -> list[Claimed]:
+        raw = await self._claim(
+            keys=[keys.DEADLINES, keys.DEADLINE_LEASES], args=[now, now + self.lease_ms, limit]
+        )
+        claimed: list[Claimed] = []
+        for item in raw:
+            name, _, when = (item.decode() if isinstance(item, bytes) else item).rpartition("|")
+            kind, token = name.split(":", 1)
+            claimed.append((kind, token, int(float(when))))
+        return claimed
+
+    async def release(self, claimed: Claimed) -> None:
+        kind, token, due = claimed
+        await self._redis.zrem(keys.DEADLINE_LEASES, f"{member(kind, token)}|{due}")
+
+    async def count(self) -> int:
+        return int(await self._redis.zcard(keys.DEADLINES))

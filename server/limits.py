@@ -1,0 +1,96 @@
+"""Failed code attempts per client address, counted across instances in Redis.
+
+A fixed one-minute window per address: simple, and at most twice the limit in any 60 s. With
+Redis away (or not configured) the count is kept in this process, so the limit still holds here.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Callable, Mapping
+from typing import Final
+
+from redis import asyncio as aioredis
+from redis.exceptions import RedisError
+
+from . import keys
+from .clock import Clock
+
+log = logging.getLogger(__name__)
+
+WINDOW_MS: Final = 60_000
+
+
+def client_address(remote: str | None, headers: Mapping[str, str], trust_proxy: bool) -> str:
+    """The address to count attempts against; IPv6 clients are counted per /64 network.
+
+    Forwarded headers are believed only behind a proxy we trust (Railway's edge sets them), and
+    then the address our proxy saw: X-Real-IP, or the last X-Forwarded-For entry.
+    """
+    address = remote or "unknown"
+    if trust_proxy:
+        forwarded = headers.get("X-Real-IP") or headers.get("X-Forwarded-For", "").split(",")[-1]
+        address = forwarded.strip() or address
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address[:64]
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
+
+
+class AttemptLimiter:
+    def __init__(
+        self,
+        clock: Clock,
+        limit: int,
+        redis: aioredis.Redis | None = None,
+        redis_available: Callable[[], bool] = lambda: False,
+    ) -> None:
+        self._clock = clock
+        self.limit = limit
+        self._redis = redis
+        self._redis_available = redis_available
+        self._local: dict[tuple[str, int], int] = {}
+
+    def _window(self) -> int:
+        return self._clock() // WINDOW_MS
+
+    async def blocked(self, address: str) -> bool:
+        """True once the address has used up its failed attempts in this window."""
+        return await self._count(address) >= self.limit
+
+    async def failed(self, address: str) -> None:
+        """Count one failed attempt."""
+        window = self._window()
+        if self._redis is not None and self._redis_available():
+            key = keys.attempts(address, window)
+            try:
+                async with self._redis.pipeline(transaction=True) as pipe:
+                    pipe.incr(key)
+                    pipe.expire(key, 2 * WINDOW_MS // 1000)
+                    await pipe.execute()
+                return
+            except (RedisError, OSError) as exc:
+                log.warning("Counting attempts in memory, Redis failed: %s", exc.__class__.__name__)
+        self._sweep(window)
+        self._local[(address, window)] = self._local.get((address, window), 0) + 1
+
+    async def _count(self, address: str) -> int:
+        window = self._window()
+        local = self._local.get((address, window), 0)
+        if self._redis is None or not self._redis_available():
+            return local
+        try:
+            stored = await self._redis.get(keys.attempts(address, window))
+        except (RedisError, OSError):
+            return local
+        return local + int(stored or 0)
+
+    def _sweep(self, window: int) -> None:
+        for key in [key for key in self._local if key[1] < window]:
+            del self._local[key]

@@ -1,0 +1,166 @@
+"""Prometheus metrics of one server, in a registry of its own (several apps may share a process).
+
+Counters are bumped where things happen (events, connections, alerts); what the store and the
+Engine.IO server already know (Redis up, writes held, open connections) is read at scrape time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Iterator
+from typing import Any, Final
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from redis.exceptions import RedisError
+
+from .store import MemoryStore, RedisPersistence
+
+CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
+TRANSPORTS: Final = ("polling", "websocket")
+PING_TIMEOUT_SECONDS: Final = 1.0
+
+
+class Metrics:
+    """Every collector of one app. The alerts code calls `alert_fired` and `alert_delivered`."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.events = Counter(
+            "alliswell_events",
+            "Client events handled, by name and outcome (ok, rejected, error)",
+            ["event", "outcome"],
+            registry=r,
+        )
+        self.event_seconds = Histogram(
+            "alliswell_event_seconds",
+            "Time to handle a client event, by name",
+            ["event"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            registry=r,
+        )
+        self.connections_opened = Counter(
+            "alliswell_connections_opened",
+            "Socket.IO connections opened, by the transport they started on",
+            ["transport"],
+            registry=r,
+        )
+        self.disconnections = Counter(
+            "alliswell_disconnections",
+            "Socket.IO connections closed, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.errors = Counter(
+            "alliswell_errors",
+            "Unexpected failures (a bug or a broken dependency), by where they happened",
+            ["where"],
+            registry=r,
+        )
+        self.alerts_fired = Counter(
+            "alliswell_alerts_fired", "Missed check-in alerts that became due", registry=r
+        )
+        self.alerts_delivered = Counter(
+            "alliswell_alerts_delivered",
+            "checkInMissed notices sent to trackers (one per tracker reached)",
+            registry=r,
+        )
+        self._state = _StateCollector()
+        r.register(self._state)
+
+    # --- called by the code that sees things happen -------------------------------------------
+
+    def event(self, name: str, outcome: str, seconds: float) -> None:
+        self.events.labels(name, outcome).inc()
+        self.event_seconds.labels(name).observe(seconds)
+
+    def connected(self, transport: str) -> None:
+        self.connections_opened.labels(transport).inc()
+
+    def disconnected(self, reason: str) -> None:
+        self.disconnections.labels(reason).inc()
+
+    def error(self, where: str) -> None:
+        self.errors.labels(where).inc()
+
+    def alert_fired(self) -> None:
+        """An alert became due for a session (count it once, however many trackers hear it)."""
+        self.alerts_fired.inc()
+
+    def alert_delivered(self, trackers: int = 1) -> None:
+        """`checkInMissed` went out to `trackers` connected trackers."""
+        self.alerts_delivered.inc(trackers)
+
+    # --- scraping ------------------------------------------------------------------------------
+
+    def watch(self, sio: Any, store: MemoryStore) -> None:
+        """Report the live state of this Socket.IO server and store at every scrape."""
+        self._state.sio = sio
+        self._state.store = store
+
+    async def render(self) -> bytes:
+        """The text exposition, after timing one PING to Redis (when there is one)."""
+        self._state.redis_ping_seconds = await _ping(self._state.store)
+        return generate_latest(self.registry)
+
+
+class _StateCollector(Collector):
+    def __init__(self) -> None:
+        self.sio: Any = None
+        self.store: MemoryStore | None = None
+        self.redis_ping_seconds = math.nan
+
+    def collect(self) -> Iterator[Metric]:
+        if self.sio is not None:
+            open_by_transport = dict.fromkeys(TRANSPORTS, 0)
+            for socket in list(self.sio.eio.sockets.values()):
+                if not socket.closed:
+                    open_by_transport["websocket" if socket.upgraded else "polling"] += 1
+            connections = GaugeMetricFamily(
+                "alliswell_connections", "Open connections, by transport", labels=["transport"]
+            )
+            for transport, count in open_by_transport.items():
+                connections.add_metric([transport], count)
+            yield connections
+        store = self.store
+        if store is None:
+            return
+        yield GaugeMetricFamily(
+            "alliswell_sessions_in_memory", "Session records held in memory", value=len(store)
+        )
+        if not isinstance(store, RedisPersistence):
+            return
+        yield GaugeMetricFamily(
+            "alliswell_redis_up", "1 while Redis answers, 0 during an outage", value=store.available
+        )
+        yield GaugeMetricFamily(
+            "alliswell_redis_writes_held",
+            "Sessions changed during a Redis outage and not yet written",
+            value=store.held,
+        )
+        yield CounterMetricFamily(
+            "alliswell_redis_failures",
+            "Redis commands that failed (each marks Redis away until it answers again)",
+            value=store.failures,
+        )
+        yield GaugeMetricFamily(
+            "alliswell_redis_ping_seconds",
+            "Round trip of a PING to Redis at this scrape (NaN when it did not answer)",
+            value=self.redis_ping_seconds,
+        )
+
+
+async def _ping(store: MemoryStore | None) -> float:
+    if not isinstance(store, RedisPersistence) or not store.available:
+        return math.nan
+    started = time.perf_counter()
+    try:
+        async with asyncio.timeout(PING_TIMEOUT_SECONDS):
+            await store.ping()
+    except (RedisError, OSError, TimeoutError):
+        return math.nan
+    return time.perf_counter() - started

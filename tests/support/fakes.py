@@ -1,0 +1,45 @@
+"""In-process stand-ins for the two things handlers touch outside themselves: time and sockets."""
+
+from __future__ import annotations
+
+from typing import Any
+
+START = 1_800_000_000_000
+
+
+class FakeClock:
+    """Milliseconds that move only when a test says so."""
+
+    def __init__(self, now: int = START) -> None:
+        self.now = now
+
+    def __call__(self) -> int:
+        return self.now
+
+
+class FakeSocketIO:
+    """What Events and Alerts need of python-socketio: handlers, rooms, emit to a sid or room."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str, Any]] = []  # (sid, event, data)
+        self.rooms: dict[str, set[str]] = {}
+        self.handlers: dict[str, Any] = {}
+
+    def on(self, event: str, handler: Any) -> None:
+        self.handlers[event] = handler
+
+    async def enter_room(self, sid: str, room: str) -> None:
+        self.rooms.setdefault(room, set()).add(sid)
+
+    async def emit(self, event: str, data: Any = None, to: str | None = None, **_: Any) -> None:
+        assert to is not None
+        for sid in sorted(self.rooms.get(to, {to})):
+            self.sent.append((sid, event, data))
+
+    def leave_all(self, sid: str) -> None:
+        for members in self.rooms.values():
+            members.discard(sid)
+
+    def to(self, sid: str, event: str | None = None) -> list[Any]:
+        """Payloads sent to `sid` (of `event`, if given)."""
+        return [data for to, name, data in self.sent if to == sid and event in (None, name)]

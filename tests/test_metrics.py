@@ -1,0 +1,184 @@
+"""/metrics: Prometheus text with connections, events, errors, Redis and alerts, per app."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from typing import Any
+
+import aiohttp
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from server.app import create_app
+from server.events import Events
+from server.metrics import Metrics
+from server.ops import METRICS
+from server.settings import Settings
+from server.store import MemoryStore
+from tests.support.flows import check_in, eventually, pair, unknown_token
+
+RECOVERY_WITHIN_S = 8.0
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def parse(text: str) -> Samples:
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+async def scrape(url: str) -> Samples:
+    async with aiohttp.ClientSession() as http, http.get(f"{url}/metrics") as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        return parse(await response.text())
+
+
+async def test_metrics_start_at_zero_and_name_every_family(server):
+    samples = await scrape(server.url)
+
+    names = {name for name, _ in samples}
+    assert {
+        "alliswell_connections",
+        "alliswell_sessions_in_memory",
+        "alliswell_alerts_fired_total",
+        "alliswell_alerts_delivered_total",
+    } <= names
+    assert value(samples, "alliswell_connections", transport="polling") == 0
+    assert value(samples, "alliswell_connections", transport="websocket") == 0
+    assert not any(name.startswith("alliswell_redis") for name in names)  # no REDIS_URL
+
+
+@pytest.mark.node
+async def test_events_are_counted_by_name_and_outcome(server, node):
+    p = await pair(node, server.url, "polling")
+    await check_in(p.tracked, p.token)
+    await check_in(p.tracked, p.token)
+    p.tracked.emit("checkIn", None)  # malformed
+    await p.tracked.expect("error")
+    p.tracked.emit("checkIn", unknown_token())  # well-formed, no such session
+    await p.tracked.expect("error")
+
+    samples = await scrape(server.url)
+
+    assert value(samples, "alliswell_events_total", event="registerCode", outcome="ok") == 1
+    assert value(samples, "alliswell_events_total", event="trackCode", outcome="ok") == 1
+    assert value(samples, "alliswell_events_total", event="checkIn", outcome="ok") == 2
+    assert value(samples, "alliswell_events_total", event="checkIn", outcome="rejected") == 2
+    assert value(samples, "alliswell_events_total", event="checkIn", outcome="error") == 0
+    assert value(samples, "alliswell_event_seconds_count", event="checkIn") == 4
+    assert value(samples, "alliswell_sessions_in_memory") == 1
+
+
+@pytest.mark.node
+async def test_connections_are_counted_by_transport(server, node):
+    polling = await node.connect(server.url, "polling", transports=["polling"])
+    websocket = await node.connect(server.url, "websocket")
+
+    samples = await scrape(server.url)
+    assert value(samples, "alliswell_connections", transport="polling") == 1
+    assert value(samples, "alliswell_connections", transport="websocket") == 1
+    assert value(samples, "alliswell_connections_opened_total", transport="polling") == 1
+    assert value(samples, "alliswell_connections_opened_total", transport="websocket") == 1
+
+    await polling.disconnect()
+    await websocket.disconnect()
+    samples = await eventually(
+        lambda: scrape(server.url),
+        lambda s: (
+            value(s, "alliswell_connections", transport="polling")
+            + value(s, "alliswell_connections", transport="websocket")
+            == 0
+        ),
+    )
+    assert value(samples, "alliswell_disconnections_total", reason="client disconnect") == 2
+
+
+@pytest.mark.node
+async def test_redis_failures_and_held_writes_show_during_an_outage(
+    start_server, redis_server, node
+):
+    server = await start_server(redis_url=redis_server.url)
+    p = await pair(node, server.url, "polling")
+
+    before = await scrape(server.url)
+    assert value(before, "alliswell_redis_up") == 1
+    assert value(before, "alliswell_redis_writes_held") == 0
+    assert value(before, "alliswell_redis_failures_total") == 0
+    assert 0 < value(before, "alliswell_redis_ping_seconds") < 1
+
+    redis_server.kill()
+    await check_in(p.tracked, p.token)
+    await check_in(p.tracked, p.token)
+
+    during = await scrape(server.url)
+    assert value(during, "alliswell_redis_up") == 0
+    assert value(during, "alliswell_redis_writes_held") == 1  # one session, changed twice
+    assert value(during, "alliswell_redis_failures_total") >= 1
+    assert math.isnan(value(during, "alliswell_redis_ping_seconds"))
+
+    await asyncio.to_thread(redis_server.start)
+    after = await eventually(
+        lambda: scrape(server.url),
+        lambda s: value(s, "alliswell_redis_up") == 1,
+        within=RECOVERY_WITHIN_S,
+    )
+    assert value(after, "alliswell_redis_writes_held") == 0
+
+
+class Silent:
+    """Stands in for the Socket.IO server: records what would be emitted."""
+
+    def __init__(self) -> None:
+        self.emitted: list[tuple[Any, ...]] = []
+
+    async def emit(self, *args: Any, **kwargs: Any) -> None:
+        self.emitted.append(args)
+
+
+async def test_a_failing_handler_counts_as_an_error():
+    metrics = Metrics()
+    sio = Silent()
+    events = Events(sio, MemoryStore(lambda: 0), lambda: 0, code_grace_ms=0, metrics=metrics)
+
+    async def broken(sid: str, args: tuple[Any, ...]) -> None:
+        raise RuntimeError("bug")
+
+    await events._guarded("checkIn", broken)("sid-1", "x")
+
+    samples = parse((await metrics.render()).decode())
+    assert value(samples, "alliswell_events_total", event="checkIn", outcome="error") == 1
+    assert value(samples, "alliswell_errors_total", where="event") == 1
+    assert sio.emitted and sio.emitted[0][0] == "error"
+
+
+async def test_alerts_code_counts_alerts_fired_and_delivered():
+    metrics = Metrics()
+
+    metrics.alert_fired()
+    metrics.alert_delivered(trackers=3)
+
+    samples = parse((await metrics.render()).decode())
+    assert value(samples, "alliswell_alerts_fired_total") == 1
+    assert value(samples, "alliswell_alerts_delivered_total") == 3
+
+
+async def test_each_app_counts_in_its_own_registry():
+    first, second = create_app(Settings()), create_app(Settings())  # no duplicate-metric error
+    first_metrics = first[METRICS]
+
+    first_metrics.alert_fired()
+
+    assert (
+        value(parse((await first_metrics.render()).decode()), "alliswell_alerts_fired_total") == 1
+    )
+    second_text = (await second[METRICS].render()).decode()
+    assert value(parse(second_text), "alliswell_alerts_fired_total") == 0
