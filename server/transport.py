@@ -8,6 +8,7 @@ import logging
 import weakref
 from typing import Any
 
+import engineio
 import socketio
 from aiohttp import WSCloseCode, web
 from engineio.async_drivers import aiohttp as engineio_aiohttp
@@ -15,6 +16,41 @@ from engineio.async_drivers import aiohttp as engineio_aiohttp
 from . import errors
 
 log = logging.getLogger(__name__)
+
+
+class EngineServer(engineio.AsyncServer):  # type: ignore[misc]
+    """engine.io's server, except that disconnecting never waits for a client.
+
+    engine.io's `disconnect()` queues a CLOSE packet and waits until the client fetches it:
+    forever for a polling client that is not polling now. It runs on shutdown and on an
+    oversized POST, whose request then hung for good. The CLOSE stays queued for a pending or
+    next poll; nobody waits for it.
+    """
+
+    async def disconnect(self, sid: str | None = None) -> None:
+        for key in [sid] if sid is not None else list(self.sockets):
+            eio_socket = self.sockets.pop(key, None)
+            if eio_socket is not None:
+                await eio_socket.close(wait=False, reason=self.reason.SERVER_DISCONNECT)
+
+
+class _OneLineParseErrors(logging.Filter):
+    """engine.io logs a traceback for every unparseable polling payload or unknown packet type:
+    any client could fill the log. One line is enough."""
+
+    NOISY = frozenset({"post request handler error", "Unknown receive error"})
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg in self.NOISY and record.exc_info:
+            error = record.exc_info[1]
+            record.msg = f"{record.msg}: {error.__class__.__name__}: {str(error)[:200]}"
+            record.args = None
+            record.exc_info = None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+logging.getLogger("engineio.server").addFilter(_OneLineParseErrors())
 
 
 class SocketServer(socketio.AsyncServer):  # type: ignore[misc]
@@ -34,6 +70,9 @@ class SocketServer(socketio.AsyncServer):  # type: ignore[misc]
             sid = self.manager.sid_from_eio_sid(eio_sid, "/")
             if sid is not None:
                 await self.emit("error", errors.MALFORMED_PACKET, to=sid)
+
+    def _engineio_server_class(self) -> type[EngineServer]:
+        return EngineServer
 
     async def _handle_eio_disconnect(self, eio_sid: str, reason: str) -> None:
         # After a client's own CLOSE, engine.io leaves that client's pending long-poll waiting
@@ -79,6 +118,15 @@ class WebSockets:
                 await self.handler(self)
                 return self._sock
 
+            async def wait(self) -> str | bytes | None:
+                # engine.io raises on an empty frame or an unknown packet type and logs a
+                # traceback each time: hang up on such a client instead (None = it closed).
+                message: str | bytes = await super().wait()
+                if isinstance(message, str) and (not message or message[0] not in "0123456"):
+                    log.info("Malformed Engine.IO packet %r: closing", message[:20])
+                    return None
+                return message
+
         return WebSocket
 
     async def close_all(self) -> None:
@@ -101,11 +149,8 @@ async def close_transports(sio: Any, websockets: WebSockets) -> None:
     """Close every Engine.IO session so that clients see `transport close` and reconnect.
 
     `sio.disconnect(sid)` would send a Socket.IO DISCONNECT, after which clients do not
-    reconnect; and `eio.disconnect()` waits for each polling client to fetch its CLOSE packet,
-    forever for one that is not polling right now. So: queue CLOSE without waiting (a pending
-    poll delivers it), then hang up every WebSocket.
+    reconnect. engine.io's CLOSE (queued without waiting, see EngineServer) reaches pollers
+    with their pending or next poll; WebSockets are hung up.
     """
-    for eio_socket in list(sio.eio.sockets.values()):
-        await eio_socket.close(wait=False, reason=sio.eio.reason.SERVER_DISCONNECT)
-    sio.eio.sockets.clear()
+    await sio.eio.disconnect()
     await websockets.close_all()

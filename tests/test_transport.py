@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import websockets
@@ -86,3 +87,38 @@ async def test_a_server_with_clients_that_left_by_polling_stops_at_once(
     assert server.stop() == 0
     assert time.monotonic() - started < 3
     assert await stays.wait_disconnect(5) == "transport close"
+
+
+async def test_raw_engine_io_garbage_hurts_nobody(server: ServerProcess) -> None:
+    import aiohttp
+
+    frames: list[str | bytes] = ["", "7", "9abc", "\x00\xff", b"\x00\x01\x02", b"", "1", "6"]
+    for frame in frames:
+        async with websockets.connect(ws_url(server)) as ws:
+            await ws.recv()
+            await ws.send("40")
+            await ws.recv()
+            await ws.send(frame)
+            # Whatever the server makes of it, it must answer a real event or hang up cleanly.
+            try:
+                await ws.send('42["checkIn","nope"]')
+                reply = await asyncio.wait_for(ws.recv(), timeout=5)
+                if reply == '42["error","Malformed message: not a valid Socket.IO packet"]':
+                    reply = await asyncio.wait_for(ws.recv(), timeout=5)  # the binary frame's
+                assert reply == '42["error","Invalid session token"]', (frame, reply)
+            except websockets.ConnectionClosed:
+                pass
+    async with aiohttp.ClientSession() as http:
+        url = f"{server.url}/socket.io/?EIO=4&transport=polling"
+        async with http.get(url) as response:
+            sid = json.loads((await response.text())[1:])["sid"]
+        for body in ["x", "4", "42[", "\x1e\x1e", "40" * 10_000]:
+            async with http.post(f"{url}&sid={sid}", data=body) as response:
+                assert response.status in (200, 400), (body[:10], response.status)
+        async with http.post(f"{url}&sid=nope", data="40") as response:
+            assert response.status == 400
+    async with websockets.connect(ws_url(server)) as ws:  # the server still serves
+        await ws.recv()
+        await ws.send("40")
+        assert (await ws.recv()).startswith("40")
+    assert "Traceback" not in server.log_text()
