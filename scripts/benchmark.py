@@ -1,0 +1,537 @@
+"""Benchmark: what the server costs per check-in, per connection, per connect, and to start.
+
+Starts a private redis-server and the server (`python -m server`, persistence on), loopback
+only, and measures, each --runs times (the median is reported):
+
+  cpu       server CPU time per confirmed check-in at saturation (closed loop, every check-in
+            persisted; Redis's CPU per check-in separately), check-ins/s and p50 latency
+  connections  resident memory per open connection: RSS with 0 and with 5,000 idle
+            Socket.IO connections over WebSocket; and the rate at which 200 concurrent
+            openers opened them (Socket.IO connects completed per second)
+  startup   time from starting the process to serving one of 100,000 stored sessions
+            (GET /api/status/<token> -> 200)
+
+Results go to bench/results.json and a table to stdout. The machine may be shared: CPU time
+per event and memory per connection are steadier than rates and latencies; all are noisy.
+
+    .venv/bin/python scripts/benchmark.py                # about 3 minutes
+    .venv/bin/python scripts/benchmark.py --quick        # smoke run, under a minute
+    .venv/bin/python scripts/benchmark.py --only cpu --profile   # + py-spy profile in bench/
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import datetime
+import json
+import os
+import platform
+import random
+import secrets
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from loadtest import Config, RawSocket, cpu_seconds, raise_fd_limit, run_load
+from redis import asyncio as aioredis
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from server import keys  # noqa: E402
+from server.models import Session  # noqa: E402
+from server.store import _encode  # noqa: E402
+
+TICK = os.sysconf("SC_CLK_TCK")
+PARTS = ("cpu", "connections", "startup")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def process_cpu(pid: int) -> float:
+    """User + system CPU seconds of a process, from /proc/<pid>/stat."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / TICK  # utime, stime
+
+
+def process_rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+class Servers:
+    """A private redis-server, and server processes started against it."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.redis_port = free_port()
+        self.redis_url = f"redis://127.0.0.1:{self.redis_port}/0"
+        self.redis_proc = subprocess.Popen(
+            [
+                shutil.which("redis-server") or "redis-server",
+                *("--port", str(self.redis_port), "--bind", "127.0.0.1"),
+                *("--save", "", "--appendonly", "no", "--dir", str(workdir)),
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        self.started = 0
+
+    async def wait_redis(self) -> aioredis.Redis:
+        redis = aioredis.Redis(port=self.redis_port)
+        for _ in range(100):
+            try:
+                await redis.ping()
+                return redis
+            except OSError:
+                await asyncio.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def spawn(self) -> tuple[subprocess.Popen[bytes], str]:
+        """Start `python -m server`; returns the process and its URL (not waited for)."""
+        port = free_port()
+        env = {
+            **os.environ,
+            "PORT": str(port),
+            "HOST": "127.0.0.1",
+            "LOG_LEVEL": "WARNING",
+            "REDIS_URL": self.redis_url,
+        }
+        self.started += 1
+        with open(self.workdir / f"server-{self.started}.log", "wb") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "server"], cwd=ROOT, env=env, stdout=log, stderr=log
+            )
+        return proc, f"http://127.0.0.1:{port}"
+
+    async def start(self) -> tuple[subprocess.Popen[bytes], str]:
+        proc, url = self.spawn()
+        await wait_http(url + "/", proc)
+        return proc, url
+
+    def log_tail(self) -> str:
+        path = self.workdir / f"server-{self.started}.log"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-20:])
+
+    def close(self) -> None:
+        self.redis_proc.terminate()
+        self.redis_proc.wait(10)
+
+
+def stop(proc: subprocess.Popen[bytes], *, kill: bool = False) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+async def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> float:
+    """Poll `url` until it answers 200; returns when (perf_counter) it did."""
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as http:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited with {proc.returncode}")
+            try:
+                async with http.get(url) as response:
+                    if response.status == 200:
+                        return time.perf_counter()
+            except aiohttp.ClientConnectionError:
+                pass
+            await asyncio.sleep(0.005)
+    raise RuntimeError(f"{url} did not answer 200 within {timeout} s")
+
+
+# ------------------------------------------------------------------------- measurements
+
+
+async def measure_cpu(
+    servers: Servers, args: argparse.Namespace, profile: Path | None = None
+) -> dict[str, Any]:
+    """One saturation run: server and Redis CPU per confirmed check-in."""
+    proc, url = await servers.start()
+    redis_pid = servers.redis_proc.pid
+    marks: dict[str, tuple[float, float, float]] = {}
+    spy: list[subprocess.Popen[bytes]] = []
+
+    def mark(name: str) -> Callable[[], None]:
+        def take() -> None:
+            marks[name] = (process_cpu(proc.pid), process_cpu(redis_pid), time.perf_counter())
+            if name == "start" and profile is not None:
+                spy.append(start_py_spy(proc.pid, profile, args.duration))
+
+        return take
+
+    config = Config(
+        url=url,
+        pairs=args.pairs,
+        rate=0,
+        duration=args.duration,
+        timers=True,
+        procs=args.procs,
+        progress=False,
+    )
+    try:
+        report = await run_load(config, on_start=mark("start"), on_end=mark("end"))
+        for py_spy in spy:
+            py_spy.wait(args.duration + 60)
+    finally:
+        stop(proc)
+    (server0, redis0, t0), (server1, redis1, t1) = marks["start"], marks["end"]
+    confirmed = report["confirmed"]
+    if not confirmed or report["errors_total"]:
+        raise RuntimeError(f"load failed: {report['errors']} ({confirmed} confirmed)")
+    return {
+        "server_cpu_us_per_check_in": round((server1 - server0) / confirmed * 1e6, 1),
+        "redis_cpu_us_per_check_in": round((redis1 - redis0) / confirmed * 1e6, 1),
+        "server_cpu_pct_of_one_core": round(100 * (server1 - server0) / (t1 - t0), 1),
+        "check_ins_per_s": report["throughput_per_s"],
+        "latency_ms_p50": report["latency_ms"]["p50"],
+        "latency_ms_p99": report["latency_ms"]["p99"],
+        "generator_cpu_pct": report["generator"]["cpu_pct_of_one_core"],
+        "confirmed": confirmed,
+    }
+
+
+async def open_sockets(
+    url: str, http: aiohttp.ClientSession, count: int, concurrency: int
+) -> tuple[list[RawSocket], collections.Counter[str]]:
+    """Open `count` Socket.IO connections over WebSocket, `concurrency` at a time."""
+    sockets: list[RawSocket] = []
+    errors: collections.Counter[str] = collections.Counter()
+    left = count
+
+    async def opener() -> None:
+        nonlocal left
+        while left > 0:
+            left -= 1
+            sock = RawSocket(http, url, frozenset())
+            try:
+                await asyncio.wait_for(sock.connect(), 30)
+            except Exception as exc:
+                errors[f"{type(exc).__name__}: {exc}"[:120]] += 1
+                await sock.close()
+                continue
+            sockets.append(sock)
+
+    await asyncio.gather(*(opener() for _ in range(min(concurrency, count))))
+    return sockets, errors
+
+
+async def measure_connections(servers: Servers, args: argparse.Namespace) -> dict[str, Any]:
+    """RSS with 0 and with N idle connections; the rate at which the N were opened."""
+    proc, url = await servers.start()
+    http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+    sockets: list[RawSocket] = []
+    try:
+        # Warm up (first-use allocations, imports), then let the warm-up sockets go.
+        warm, _ = await open_sockets(url, http, 50, 50)
+        await asyncio.gather(*(sock.close() for sock in warm))
+        await asyncio.sleep(1.0)
+        rss0 = process_rss_kb(proc.pid)
+        server0, client0, t0 = process_cpu(proc.pid), cpu_seconds(), time.perf_counter()
+        sockets, errors = await open_sockets(url, http, args.connections, args.openers)
+        elapsed = time.perf_counter() - t0
+        server1, client1 = process_cpu(proc.pid), cpu_seconds()
+        if errors:
+            raise RuntimeError(f"connections failed: {dict(errors)}")
+        await asyncio.sleep(2.0)
+        rss1 = process_rss_kb(proc.pid)
+    finally:
+        # Killed, not stopped: closing thousands of sockets is not what is measured here.
+        stop(proc, kill=True)
+        await asyncio.gather(*(sock.close() for sock in sockets), return_exceptions=True)
+        await http.close()
+    opened = len(sockets)
+    return {
+        "rss_kb_idle": rss0,
+        "rss_kb_connected": rss1,
+        "kb_per_connection": round((rss1 - rss0) / opened, 2),
+        "connects_per_s": round(opened / elapsed, 1),
+        "server_cpu_us_per_connect": round((server1 - server0) / opened * 1e6, 1),
+        "opener_cpu_pct": round(100 * (client1 - client0) / elapsed, 1),
+        "connections": opened,
+    }
+
+
+async def seed_sessions(redis: aioredis.Redis, count: int) -> list[str]:
+    """Store `count` session records as the Node server would have; returns their tokens."""
+    tokens = []
+    now = time.time_ns() // 1_000_000
+    pipe = redis.pipeline(transaction=False)
+    for n in range(count):
+        token = secrets.token_hex(32)
+        record = Session(
+            last_check_in=now - random.randrange(3_600_000),
+            reminder_time_minutes=60,
+            alert_time_minutes=1440,
+            settings_configured=True,
+        )
+        pipe.set(keys.session(token), _encode(record), ex=keys.SESSION_TTL_SECONDS)
+        tokens.append(token)
+        if n % 2000 == 1999:
+            await pipe.execute()
+    await pipe.execute()
+    return tokens
+
+
+async def measure_startup(servers: Servers, tokens: list[str]) -> dict[str, Any]:
+    """From Popen to GET /api/status/<a stored token> answering 200."""
+    token = random.choice(tokens)
+    started = time.perf_counter()
+    proc, url = servers.spawn()
+    try:
+        served = await wait_http(f"{url}/api/status/{token}", proc)
+    finally:
+        stop(proc)
+    return {"startup_s": round(served - started, 3)}
+
+
+# ------------------------------------------------------------------------------ profile
+
+
+def start_py_spy(pid: int, out: Path, duration: float) -> subprocess.Popen[bytes]:
+    py_spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or "py-spy"
+    out.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(
+        [
+            *(py_spy, "record", "--pid", str(pid), "--duration", str(int(duration))),
+            *("--rate", "200", "--format", "raw", "-o", str(out / "profile.txt")),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+LIBRARIES = (
+    ("JSON (server/jsonlib, msgspec)", ("server/jsonlib.py", "msgspec", "json/")),
+    ("our code (server/)", ("server/",)),
+    ("engine.io", ("engineio/",)),
+    ("socket.io", ("socketio/",)),
+    ("redis-py", ("redis/",)),
+    ("aiohttp", ("aiohttp/",)),
+    ("asyncio", ("asyncio/",)),
+)
+# Where a sample's time goes: the first of these found anywhere on its stack.
+PURPOSES = (
+    ("Redis writes and reads (store)", ("RedisPersistence.", "redis/")),
+    ("emits: socket.io manager + engine.io send", ("AsyncServer.emit", "AsyncManager.emit")),
+    ("engine.io WebSocket writer task", ("_websocket_handler.<locals>.writer",)),
+    ("our handlers, besides the above", ("server/events.py", "server/store.py")),
+    ("packet receive + decode + dispatch", ("engineio/", "socketio/", "server/transport.py")),
+    ("aiohttp WebSocket frame reading", ("aiohttp/",)),
+)
+
+
+def module_of(frame: str) -> str:
+    """py-spy's frames read `function (path/module.py:line)`."""
+    return frame[frame.rfind("(") + 1 :]
+
+
+def first_match(frames: list[str], table: tuple[tuple[str, tuple[str, ...]], ...]) -> str:
+    for name, needles in table:
+        if any(needle in frame for frame in frames for needle in needles):
+            return name
+    return "asyncio loop and other"
+
+
+def summarize_profile(path: Path, top: int = 25) -> str:
+    """Own and total time per function, by library and by purpose, from py-spy's raw stacks.
+
+    py-spy sees Python frames only: time in C (msgspec, socket syscalls) counts as the
+    Python function that called it.
+    """
+    own: collections.Counter[str] = collections.Counter()
+    total: collections.Counter[str] = collections.Counter()
+    library: collections.Counter[str] = collections.Counter()
+    purpose: collections.Counter[str] = collections.Counter()
+    samples = 0
+    for line in path.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        frames = [frame for frame in stack.split(";") if frame and "(" in frame]
+        if not frames or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        samples += count
+        own[frames[-1]] += count
+        library[first_match([module_of(frames[-1])], LIBRARIES)] += count
+        purpose[first_match(frames, PURPOSES)] += count
+        for frame in set(frames):
+            total[frame] += count
+
+    # The event loop and the process's entry are on every stack: leave them out.
+    inner = collections.Counter({f: n for f, n in total.items() if n < 0.95 * samples})
+
+    def table(title: str, counter: collections.Counter[str], limit: int = 99) -> list[str]:
+        rows = [f"  {100 * n / samples:5.1f}%  {name}" for name, n in counter.most_common(limit)]
+        return ["", title, *rows]
+
+    return "\n".join(
+        [
+            f"{samples} samples of active CPU",
+            *table("where the time goes (first match on the stack):", purpose),
+            *table("own time by library (leaf frame):", library),
+            *table(f"top {top} functions by own time:", own, top),
+            *table(f"top {top} functions by total time (below the event loop):", inner, top),
+        ]
+    )
+
+
+# ---------------------------------------------------------------------------------- main
+
+
+def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    return {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+
+
+UNITS = {
+    "server_cpu_us_per_check_in": "µs",
+    "redis_cpu_us_per_check_in": "µs",
+    "server_cpu_pct_of_one_core": "%",
+    "check_ins_per_s": "/s",
+    "latency_ms_p50": "ms",
+    "latency_ms_p99": "ms",
+    "generator_cpu_pct": "%",
+    "kb_per_connection": "KB",
+    "rss_kb_idle": "KB",
+    "rss_kb_connected": "KB",
+    "connects_per_s": "/s",
+    "server_cpu_us_per_connect": "µs",
+    "opener_cpu_pct": "%",
+    "startup_s": "s",
+}
+
+
+def print_table(results: dict[str, Any]) -> None:
+    print(f"{'figure':<30} {'median':>12}  runs")
+    for part in results["figures"].values():
+        for key, median in part["median"].items():
+            if key not in UNITS:
+                continue
+            runs = ", ".join(f"{run[key]:g}" for run in part["runs"])
+            print(f"{key:<30} {median:>10g} {UNITS[key]:<2} {runs}")
+
+
+async def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="small and short: a smoke run")
+    parser.add_argument("--only", default=",".join(PARTS), help=f"some of {','.join(PARTS)}")
+    parser.add_argument("--pairs", type=int, default=100, help="closed-loop pairs for cpu")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per cpu run")
+    parser.add_argument("--procs", type=int, default=1, help="generator processes for cpu")
+    parser.add_argument("--connections", type=int, default=5000)
+    parser.add_argument("--openers", type=int, default=200)
+    parser.add_argument("--sessions", type=int, default=100_000, help="stored, for startup")
+    parser.add_argument("--profile", action="store_true", help="py-spy one more cpu run")
+    parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results.json")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    args = parser.parse_args()
+    if args.quick:
+        args.runs, args.duration, args.connections, args.sessions = 1, 3.0, 500, 10_000
+    parts = [part.strip() for part in args.only.split(",") if part.strip()]
+    if unknown := set(parts) - set(PARTS):
+        parser.error(f"unknown parts: {', '.join(sorted(unknown))}")
+    raise_fd_limit()
+
+    workdir = Path(tempfile.mkdtemp(prefix="benchmark-"))
+    servers = Servers(workdir)
+    redis = await servers.wait_redis()
+    figures: dict[str, Any] = {}
+    load_before = os.getloadavg()
+    try:
+        measures: dict[str, Callable[[], Any]] = {
+            "cpu": lambda: measure_cpu(servers, args),
+            "connections": lambda: measure_connections(servers, args),
+        }
+        if "startup" in parts:
+            print(f"seeding {args.sessions} sessions...", file=sys.stderr)
+            tokens = await seed_sessions(redis, args.sessions)
+            measures["startup"] = lambda: measure_startup(servers, tokens)
+        for part in parts:
+            runs = []
+            for n in range(args.runs):
+                print(f"{part}: run {n + 1}/{args.runs}", file=sys.stderr)
+                runs.append(await measures[part]())
+            figures[part] = {"median": median_of(runs), "runs": runs}
+        if args.profile:
+            print("cpu: profiling one more run with py-spy", file=sys.stderr)
+            out = args.output.parent
+            await measure_cpu(servers, args, profile=out)
+            summary = summarize_profile(out / "profile.txt")
+            (out / "profile-summary.txt").write_text(summary + "\n")
+            print(summary, file=sys.stderr)
+    except Exception:
+        print(f"server log tail:\n{servers.log_tail()}", file=sys.stderr)
+        raise
+    finally:
+        await redis.aclose()
+        servers.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    results = {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "commit": git_commit(),
+        "command": " ".join(["scripts/benchmark.py", *sys.argv[1:]]),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "loadavg_before": [round(x, 2) for x in load_before],
+            "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+        },
+        "settings": {
+            "runs": args.runs,
+            "pairs": args.pairs,
+            "duration_s": args.duration,
+            "generator_procs": args.procs,
+            "connections": args.connections,
+            "openers": args.openers,
+            "sessions": args.sessions,
+        },
+        "figures": figures,
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(results, indent=2) + "\n")
+    if args.json:
+        print(json.dumps(results))
+    else:
+        print_table(results)
+        print(f"\nwritten to {args.output}")
+    return 0
+
+
+def git_commit() -> str | None:
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "server"], cwd=ROOT, capture_output=True
+        ).stdout
+    except OSError:
+        return None
+    return f"{head}{'+changes' if dirty else ''}" or None
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))
