@@ -67,6 +67,7 @@ def create_app(settings: Settings, clock: Clock = wall_ms) -> web.Application:
     """Build the whole server; nothing connects or starts until the app starts."""
     app = web.Application(client_max_size=settings.max_message_bytes)
     sio = transport.SocketServer(
+        client_manager=transport.DirectManager(),
         async_mode="aiohttp",
         cors_allowed_origins=settings.cors_origins,
         ping_interval=25,

@@ -1,15 +1,15 @@
 """When each session's alert and reminder fall due, and who fires them.
 
-In memory: a heap. In Redis: one sorted set of due times (member `<kind>:<token>`) written in the
-same transaction as the session record, and a sorted set of leases: a claim moves due members to
-the leases atomically, so one instance fires each; a lease not released in time (its instance
-died) is taken over by the next claim.
+In memory: a heap. In Redis: one sorted set of due times (member `<kind>:<token>`), written in
+the same script call as the session record (store.py), and a sorted set of leases: a claim
+moves due members to the leases atomically, so one instance fires each; a lease not released
+in time (its instance died) is taken over by the next claim.
 """
 
 from __future__ import annotations
 
 import heapq
-from typing import Any, Final
+from typing import Final
 
 from redis import asyncio as aioredis
 
@@ -93,16 +93,6 @@ class RedisDeadlines:
         self._redis = redis
         self._claim = redis.register_script(_CLAIM)
         self.lease_ms = lease_ms
-
-    @staticmethod
-    def write(pipe: Any, token: str, due: dict[str, int], kinds: tuple[str, ...]) -> None:
-        """Queue the changes on `pipe`, the transaction that writes the session record."""
-        for kind in kinds:
-            when = due.get(kind)
-            if when is None:
-                pipe.zrem(keys.DEADLINES, member(kind, token))
-            else:
-                pipe.zadd(keys.DEADLINES, {member(kind, token): when})
 
     async def claim(self, now: int, limit: int) -> list[Claimed]:
         raw = await self._claim(

@@ -313,10 +313,20 @@ class Events:
     # --- leaving -----------------------------------------------------------------------------
 
     async def connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
-        request = environ["aiohttp.request"]
-        self.addresses[sid] = client_address(request.remote, request.headers, self.trust_proxy)
-        started_on = parse_qs(environ.get("QUERY_STRING", "")).get("transport", ["polling"])[0]
-        self.metrics.connected("websocket" if started_on == "websocket" else "polling")
+        # python-socketio keeps this environ (every header, and the HTTP request it came
+        # with) for the connection's lifetime, to hand to a later CONNECT on the same
+        # Engine.IO session. Keep only what is read here.
+        seen: tuple[str, str] | None = environ.get("alliswell.client")
+        if seen is None:
+            request = environ["aiohttp.request"]
+            address = client_address(request.remote, request.headers, self.trust_proxy)
+            query = parse_qs(environ.get("QUERY_STRING", ""))
+            started_on = query.get("transport", ["polling"])[0]
+            seen = (address, "websocket" if started_on == "websocket" else "polling")
+            environ.clear()
+            environ["alliswell.client"] = seen
+        self.addresses[sid] = seen[0]
+        self.metrics.connected(seen[1])
 
     async def disconnect(self, sid: str, reason: str = CLIENT_LEFT) -> None:
         self.metrics.disconnected(reason)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from collections.abc import Callable, Collection
+from typing import TYPE_CHECKING, Final, TypeVar
 
 import msgspec
 from redis import asyncio as aioredis
@@ -23,7 +23,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import keys
 from .clock import Clock
-from .deadlines import MemoryDeadlines, RedisDeadlines
+from .deadlines import MemoryDeadlines, RedisDeadlines, member
 from .logs import token_ref
 from .models import Session
 from .rules import ALERT, REMINDER, deadlines, fresh_from_storage
@@ -37,6 +37,26 @@ _encode = msgspec.json.Encoder().encode
 _decode_strict = msgspec.json.Decoder(Session).decode
 IDLE_EVICT_MS: Final = 10 * 60_000
 KINDS: Final = (ALERT, REMINDER)
+UNCHANGED: Final = "-"
+REMOVE: Final = ""
+
+# KEYS: the deadlines set, then one record key per session. ARGV: the TTL, then per session its
+# JSON and, per kind of deadline, the member and its due time ("" removes it, "-" leaves it).
+_WRITE: Final = f"""
+local per = 1 + 2 * {len(KINDS)}
+for i = 2, #KEYS do
+  local a = 2 + (i - 2) * per
+  redis.call('SET', KEYS[i], ARGV[a], 'EX', ARGV[1])
+  for k = a + 1, a + per - 1, 2 do
+    if ARGV[k + 1] == '' then
+      redis.call('ZREM', KEYS[1], ARGV[k])
+    elseif ARGV[k + 1] ~= '-' then
+      redis.call('ZADD', KEYS[1], ARGV[k + 1], ARGV[k])
+    end
+  end
+end
+return #KEYS - 1
+"""
 
 
 class StoreUnavailable(Exception):
@@ -149,10 +169,15 @@ class RedisPersistence(_StoreBase):
         super().__init__(clock)
         self._redis = redis
         self.deadlines = RedisDeadlines(redis)
+        self._write_script = redis.register_script(_WRITE)
         # The deadlines last written per token: unchanged ones are not written again.
         self._synced: dict[str, dict[str, int]] = {}
         self._dirty: set[str] = set()
-        self._locks: dict[str, asyncio.Lock] = {}
+        # Group commit: tokens changed since the last write, the future their writers wait on,
+        # and the task that writes them.
+        self._pending: set[str] = set()
+        self._batch: asyncio.Future[None] | None = None
+        self._committer: asyncio.Task[None] | None = None
         self._recovery: asyncio.Task[None] | None = None
         self.available = False
         self.failures = 0  # Redis commands that failed, for /metrics
@@ -176,6 +201,8 @@ class RedisPersistence(_StoreBase):
         log.info("Redis connected successfully")
 
     async def close(self) -> None:
+        if self._committer is not None:
+            await self._committer
         if self._recovery is not None:
             self._recovery.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -206,43 +233,63 @@ class RedisPersistence(_StoreBase):
         return session
 
     async def _persist(self, token: str) -> None:
+        """Return once the change is in Redis, or held while Redis is away.
+
+        Changes that arrive while a write is under way share the next transaction (a group
+        commit): one round trip for many events, and each is confirmed only after its write.
+        """
         if not self.available:
             self._dirty.add(token)
             return
+        self._pending.add(token)
+        if self._committer is None:
+            self._batch = asyncio.get_running_loop().create_future()
+            self._committer = asyncio.create_task(self._commit(), name="redis-commit")
+        assert self._batch is not None
+        # Shielded: a writer that is cancelled must not cancel everyone's batch.
+        await asyncio.shield(self._batch)
+
+    async def _commit(self) -> None:
         try:
-            async with self._lock(token):
-                await self._write(token)
-        except (RedisError, OSError) as exc:
-            self._dirty.add(token)
-            self._lost(exc)
-
-    async def _write(self, token: str) -> None:
-        # Always the newest state: writes of one token are serialised, so the last one wins.
-        session = self._sessions.get(token)
-        if session is None:
-            return
-        async with self._redis.pipeline(transaction=True) as pipe:
-            due = self._queue_write(pipe, token, session)
-            await pipe.execute()
-        self._synced[token] = due
-
-    def _queue_write(self, pipe: Any, token: str, session: Session) -> dict[str, int]:
-        """The record, and its deadlines when they changed, in one transaction."""
-        pipe.set(keys.session(token), _encode(session), ex=keys.SESSION_TTL_SECONDS)
-        due = deadlines(session, self._clock())
-        if self._synced.get(token) != due:
-            RedisDeadlines.write(pipe, token, due, KINDS)
-        return due
-
-    @contextlib.asynccontextmanager
-    async def _lock(self, token: str) -> AsyncIterator[None]:
-        lock = self._locks.setdefault(token, asyncio.Lock())
-        try:
-            async with lock:
-                yield
+            while self._pending:
+                tokens, self._pending = self._pending, set()
+                done, self._batch = self._batch, asyncio.get_running_loop().create_future()
+                try:
+                    if not self.available:
+                        raise RedisConnectionError("Redis went away before the write")
+                    await self._write(tokens)
+                except (RedisError, OSError) as exc:
+                    self._dirty.update(tokens)
+                    self._lost(exc)
+                finally:
+                    if done is not None:
+                        done.set_result(None)
         finally:
-            if not lock.locked() and self._locks.get(token) is lock:
-                del self._locks[token]
+            # No await since the loop's last check: nobody is waiting on the fresh future.
+            self._batch = None
+            self._committer = None
+
+    async def _write(self, tokens: Collection[str]) -> dict[str, Session]:
+        """Write the newest state of each token, and its deadlines where they changed, in one
+        atomic script call (one reply to parse, however many records); returns what it wrote."""
+        sessions = {t: s for t in tokens if (s := self._sessions.get(t)) is not None}
+        if not sessions:
+            return sessions
+        now = self._clock()
+        synced: dict[str, dict[str, int]] = {}
+        record_keys: list[str] = [keys.DEADLINES]
+        args: list[str | bytes | int] = [keys.SESSION_TTL_SECONDS]
+        for token, session in sessions.items():
+            due = synced[token] = deadlines(session, now)
+            record_keys.append(keys.session(token))
+            args.append(_encode(session))
+            unchanged = self._synced.get(token) == due
+            for kind in KINDS:
+                when = due.get(kind)
+                args += [member(kind, token), UNCHANGED if unchanged else (when or REMOVE)]
+        await self._write_script(keys=record_keys, args=args)
+        self._synced.update(synced)
+        return sessions
 
     async def ping(self) -> None:
         """One PING to Redis (for /metrics); a failure marks Redis away, then is raised."""
@@ -284,18 +331,12 @@ class RedisPersistence(_StoreBase):
         """Write every held session; what changes during the write stays held for the next round."""
         written = 0
         while self._dirty:
-            snapshot = {token: self._sessions.get(token) for token in list(self._dirty)[:500]}
-            synced: dict[str, dict[str, int]] = {}
-            async with self._redis.pipeline(transaction=True) as pipe:
-                for token, session in snapshot.items():
-                    if session is not None:
-                        synced[token] = self._queue_write(pipe, token, session)
-                await pipe.execute()
-            self._synced.update(synced)
-            for token, session in snapshot.items():
-                if self._sessions.get(token) is session:
+            batch = list(self._dirty)[:500]
+            sessions = await self._write(batch)
+            for token in batch:
+                if self._sessions.get(token) is sessions.get(token):
                     self._dirty.discard(token)
-            written += len(snapshot)
+            written += len(batch)
         return written
 
     def sweep(self) -> int:
