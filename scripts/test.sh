@@ -29,6 +29,14 @@ if [ ! -x /usr/bin/chromium ]; then
         exit 1
     fi
 fi
+# tests/test_haproxy.py runs several server processes behind Debian's HAProxy (skipped without it).
+if ! command -v haproxy >/dev/null && [ ! -x /usr/sbin/haproxy ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        apt-get update -qq && apt-get install -y -qq haproxy >/dev/null
+    else
+        echo "haproxy is missing: tests/test_haproxy.py will be skipped (apt-get install haproxy)" >&2
+    fi
+fi
 # The compatibility tests drive the server with the real Node socket.io-client, and the browser
 # test uses playwright-core, both from the lockfile.
 (cd tests/node && npm ci --no-audit --no-fund --loglevel=error)

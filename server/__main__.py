@@ -9,7 +9,7 @@ import sys
 from aiohttp import web
 
 from . import logs, settings
-from .app import create_app
+from .app import create_app, requests_timeout
 
 
 def _event_loop() -> asyncio.AbstractEventLoop:
@@ -35,7 +35,7 @@ def main() -> int:
         host=config.host,
         port=config.port,
         print=None,
-        shutdown_timeout=5,
+        shutdown_timeout=requests_timeout(config),
         loop=_event_loop(),
     )
     logging.getLogger("server").info("All Is Well server stopped")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, Final
 
@@ -28,6 +29,19 @@ SWEEP_SECONDS: Final = 30.0
 SIO: Final = web.AppKey("sio", socketio.AsyncServer)
 STORE: Final = web.AppKey("store", MemoryStore)
 WEBSOCKETS: Final = web.AppKey("websockets", transport.WebSockets)
+# When the drain that SIGTERM started must be over (time.monotonic()).
+DRAIN_DEADLINE: Final = web.AppKey("drain_deadline", float)
+
+# Shares of SHUTDOWN_TIMEOUT: the client events in flight may take 40% of it, aiohttp's wait
+# for the HTTP requests still open 2 x 15% (it waits, then cancels and waits again; after the
+# hang-up there are hardly any), and the store's final flush what is left, at least 30%.
+EVENTS_SHARE: Final = 0.4
+REQUESTS_SHARE: Final = 0.15
+
+
+def requests_timeout(settings: Settings) -> float:
+    """aiohttp's `shutdown_timeout`: its share of SHUTDOWN_TIMEOUT."""
+    return settings.shutdown_timeout * REQUESTS_SHARE
 
 
 OnPrepare = Callable[[web.Request, web.StreamResponse], Awaitable[None]]
@@ -110,22 +124,47 @@ def create_app(settings: Settings, clock: Clock = wall_ms) -> web.Application:
     app.cleanup_ctx.append(_background("alerts", alerts.run_forever))
     if webhooks is not None:
         app.cleanup_ctx.append(_background("webhooks", webhooks.run))
-    app.on_shutdown.append(_close_transports)
+    app.on_shutdown.append(_drain(events, settings.shutdown_timeout))
     return app
 
 
-async def _close_transports(app: web.Application) -> None:
-    """On SIGTERM: hang up every client so that it reconnects (to the next instance)."""
-    open_sockets = sum(1 for socket in app[SIO].eio.sockets.values() if not socket.closed)
-    log.info("Shutting down: closing %d connections", open_sockets)
-    await transport.close_transports(app[SIO], app[WEBSOCKETS])
+def _drain(events: Events, budget: float) -> Callable[[web.Application], Awaitable[None]]:
+    """On SIGTERM (aiohttp has stopped listening): let the client events in flight finish,
+    then hang up every client so that it reconnects (to the next instance); the store's
+    cleanup flushes last. All of it within `budget` seconds."""
+
+    async def drain(app: web.Application) -> None:
+        started = time.monotonic()
+        app[DRAIN_DEADLINE] = started + budget
+        unfinished = await events.finish_in_flight(budget * EVENTS_SHARE)
+        if unfinished:
+            log.warning("Shutting down with %d client events unfinished", unfinished)
+        open_sockets = sum(1 for socket in app[SIO].eio.sockets.values() if not socket.closed)
+        log.info("Shutting down: closing %d connections", open_sockets)
+        events.draining = True
+        try:
+            async with asyncio.timeout(max(app[DRAIN_DEADLINE] - time.monotonic(), 0.1)):
+                await transport.close_transports(app[SIO], app[WEBSOCKETS])
+        except TimeoutError:
+            log.error("SHUTDOWN_TIMEOUT reached while closing connections")
+        log.info("Connections closed in %.2f s", time.monotonic() - started)
+
+    return drain
 
 
 async def _storage(app: web.Application) -> AsyncIterator[None]:
     store = app[STORE]
     await store.start()
     yield
-    await store.close()
+    deadline = app.get(DRAIN_DEADLINE)
+    if deadline is None:
+        await store.close()
+        return
+    try:
+        async with asyncio.timeout(max(deadline - time.monotonic(), 0.1)):
+            await store.close()
+    except TimeoutError:
+        log.error("SHUTDOWN_TIMEOUT reached before the store finished writing")
 
 
 async def _sweep_forever(events: Events) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import time
@@ -60,6 +61,12 @@ class Events:
         self.addresses: dict[str, str] = {}
         # Told when a check-in clears a pending alert (the alerts' webhook says "all clear").
         self.on_all_clear: Callable[[str, int], None] | None = None
+        # The client events being handled now (each runs in a task of its own), so that a
+        # shutdown can let them finish before it hangs up.
+        self.in_flight: set[asyncio.Task[Any]] = set()
+        # Set when the shutdown hangs up on everyone: nobody is told that the others left (they
+        # are all leaving, and reconnect by themselves).
+        self.draining = False
 
     def attach(self) -> None:
         handlers: dict[str, Handler] = {
@@ -83,6 +90,9 @@ class Events:
             started = time.perf_counter()
             _answered_error.set(False)
             outcome = "error"
+            task = asyncio.current_task()
+            if task is not None:
+                self.in_flight.add(task)
             try:
                 await handler(sid, args)
                 outcome = "rejected" if _answered_error.get() else "ok"
@@ -98,9 +108,20 @@ class Events:
                 log.exception("%s from %s failed", event, sid)
                 await self._error(sid, errors.INTERNAL)
             finally:
+                if task is not None:
+                    self.in_flight.discard(task)
                 self.metrics.event(event, outcome, time.perf_counter() - started)
 
         return run
+
+    async def finish_in_flight(self, within: float) -> int:
+        """Wait (at most `within` s) for the events being handled now; returns how many did
+        not finish. Events that arrive meanwhile are handled but not waited for."""
+        waiting = set(self.in_flight)
+        if not waiting:
+            return 0
+        _, pending = await asyncio.wait(waiting, timeout=within)
+        return len(pending)
 
     async def _error(self, sid: str, message: str) -> None:
         _answered_error.set(True)
@@ -343,7 +364,7 @@ class Events:
         for token, role in self.presence.pop(sid):
             if role is Role.TRACKED:
                 updated = await self.store.update(token, _was(rules.without_tracked, sid))
-                if updated is not None and updated[1]:
+                if updated is not None and updated[1] and not self.draining:
                     log.info("Tracked person left session %s (%s)", token_ref(token), reason)
                     await self._emit_to_trackers(token, "trackedPersonDisconnected")
                 continue
@@ -355,6 +376,7 @@ class Events:
                 not session.tracker_socket_ids
                 and session.tracked_socket_id is not None
                 and reason != CLIENT_LEFT
+                and not self.draining
             ):
                 await self.sio.emit("trackerDisconnected", to=session.tracked_socket_id)
 

@@ -29,6 +29,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     alert_webhook_url: str | None = None
     alert_webhook_secret: str | None = None
     code_attempts_per_minute: int = 10
+    shutdown_timeout: float = 10.0  # SIGTERM to exit, at most
 
 
 def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
@@ -138,4 +139,5 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         alert_webhook_url=webhook_url,
         alert_webhook_secret=webhook_secret,
         code_attempts_per_minute=_int(env, "CODE_ATTEMPTS_PER_MINUTE", 10, 1, 1_000_000),
+        shutdown_timeout=_seconds(env, "SHUTDOWN_TIMEOUT", 10.0),
     )

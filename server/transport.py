@@ -4,6 +4,7 @@ closable all at once on shutdown."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -276,12 +277,21 @@ def install(sio: Any, websockets: WebSockets) -> None:
     sio.eio._async = {**sio.eio._async, "websocket": websockets.driver()}
 
 
-async def close_transports(sio: Any, websockets: WebSockets) -> None:
+async def close_transports(sio: Any, websockets: WebSockets, flush_within: float = 1.0) -> None:
     """Close every Engine.IO session so that clients see `transport close` and reconnect.
 
     `sio.disconnect(sid)` would send a Socket.IO DISCONNECT, after which clients do not
     reconnect. engine.io's CLOSE (queued without waiting, see EngineServer) reaches pollers
-    with their pending or next poll; WebSockets are hung up.
+    with their pending or next poll; WebSockets are hung up. First every transport gets up
+    to `flush_within` seconds (in all) to take what was queued before the CLOSE, e.g. the reply
+    to an event that just finished: before the listening socket goes, a poller polls again.
     """
+    sockets = list(sio.eio.sockets.values())
     await sio.eio.disconnect()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + flush_within
+    for eio_socket in sockets:
+        if eio_socket.queue.qsize() and (left := deadline - loop.time()) > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(eio_socket.queue.join(), left)
     await websockets.close_all()

@@ -55,6 +55,8 @@ def test_every_variable_is_read() -> None:
         ("MAX_MESSAGE_BYTES", "1"),
         ("REDIS_TIMEOUT", "nan"),
         ("CODE_GRACE_SECONDS", "-5"),
+        ("SHUTDOWN_TIMEOUT", "0"),
+        ("SHUTDOWN_TIMEOUT", "soon"),
     ],
 )
 def test_a_bad_value_names_its_variable(name: str, value: str) -> None:
