@@ -23,8 +23,6 @@ import shutil
 import signal
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from collections import defaultdict
 from pathlib import Path
 
@@ -34,7 +32,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.flows import expect_error, only, pair, unknown_token
 from tests.support.nodeclient import ConnectError, NodeClient, NodeDriver
-from tests.support.processes import REPO_ROOT, ServerProcess, free_port
+from tests.support.processes import REPO_ROOT, ServerProcess, free_port, http_status
 
 TEMPLATE = REPO_ROOT / "deploy" / "haproxy.cfg"
 PROCESSES = 3
@@ -148,14 +146,7 @@ class HAProxy:
         return [(m[1], int(m[2]), m[3]) for m in map(line.search, self.log().splitlines()) if m]
 
     def _probe(self) -> int | str:
-        try:
-            with urllib.request.urlopen(self.url + "/", timeout=1) as response:
-                return int(response.status)
-        except urllib.error.HTTPError as exc:
-            exc.close()
-            return exc.code
-        except (OSError, ValueError) as exc:
-            return type(exc).__name__
+        return http_status(self.url + "/")
 
 
 @pytest.fixture

@@ -34,6 +34,18 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def http_status(url: str) -> int | str:
+    """The HTTP status of GET `url`, or the name of the error when there is no answer."""
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        return exc.code
+    except (OSError, ValueError) as exc:
+        return type(exc).__name__
+
+
 def _tail(text: str, lines: int = 60) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
@@ -303,11 +315,4 @@ class ServerProcess:
             await asyncio.sleep(0.05)
 
     def _probe(self) -> int | str:
-        try:
-            with urllib.request.urlopen(self.url + "/", timeout=1) as response:
-                return int(response.status)
-        except urllib.error.HTTPError as exc:
-            exc.close()
-            return exc.code
-        except (OSError, ValueError) as exc:
-            return type(exc).__name__
+        return http_status(self.url + "/")
