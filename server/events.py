@@ -128,10 +128,7 @@ class Events:
         await self.sio.emit("error", message, to=sid)
 
     async def _emit_to_trackers(self, token: str, event: str, data: Any = None) -> None:
-        if data is None:
-            await self.sio.emit(event, to=trackers_room(token))
-        else:
-            await self.sio.emit(event, data, to=trackers_room(token))
+        await self.sio.emit(event, data, to=trackers_room(token))  # None: no payload
 
     # --- pairing -----------------------------------------------------------------------------
 
@@ -209,11 +206,10 @@ class Events:
     async def _failed_attempt(self, sid: str, message: str) -> None:
         """A wrong code: counted against the address; past the limit the answer changes."""
         address = self._address(sid)
-        if await self.limiter.blocked(address):
+        if await self.limiter.failed(address) > self.limiter.limit:
             log.warning("Code attempts from %s over the limit", address)
             await self._error(sid, errors.TOO_MANY_ATTEMPTS)
             return
-        await self.limiter.failed(address)
         await self._error(sid, message)
 
     async def _join_as_tracker(self, entry: PendingCode, sid: str) -> tuple[str, Session] | None:

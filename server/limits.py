@@ -64,21 +64,24 @@ class AttemptLimiter:
         """True once the address has used up its failed attempts in this window."""
         return await self._count(address) >= self.limit
 
-    async def failed(self, address: str) -> None:
-        """Count one failed attempt."""
+    async def failed(self, address: str) -> int:
+        """Count one failed attempt; returns the address's count in this window, this one
+        included (above the limit: refuse it)."""
         window = self._window()
+        local = self._local.get((address, window), 0)
         if self._redis is not None and self._redis_available():
             key = keys.attempts(address, window)
             try:
                 async with self._redis.pipeline(transaction=True) as pipe:
                     pipe.incr(key)
                     pipe.expire(key, 2 * WINDOW_MS // 1000)
-                    await pipe.execute()
-                return
+                    stored, _ = await pipe.execute()
+                return local + int(stored)
             except (RedisError, OSError) as exc:
                 log.warning("Counting attempts in memory, Redis failed: %s", exc.__class__.__name__)
         self._sweep(window)
-        self._local[(address, window)] = self._local.get((address, window), 0) + 1
+        self._local[(address, window)] = local + 1
+        return local + 1
 
     async def _count(self, address: str) -> int:
         window = self._window()

@@ -18,6 +18,7 @@ from tests.support.flows import (
     now_ms,
     only,
     pair,
+    rejoin_as_tracker,
     unknown_token,
 )
 
@@ -66,17 +67,7 @@ async def test_a_session_survives_a_server_restart(redis_backed_server, node, tr
 
     server.stop()
     await server.restart()
-    tracker = await node.connect(server.url, transport)
-    tracker.emit("reconnectSession", {"sessionToken": p.token, "role": "tracker"})
-
-    assert only(await tracker.expect("sessionReconnected")) == {
-        "sessionToken": p.token,
-        "role": "tracker",
-    }
-    assert only(await tracker.expect("checkInReceived")) == {
-        "sessionToken": p.token,
-        "timestamp": last,
-    }
+    await rejoin_as_tracker(node, server.url, transport, p.token, last)
 
 
 async def test_after_a_restart_the_tracked_person_reconnects_and_checks_in(

@@ -27,6 +27,7 @@ from tests.support.flows import (
     now_ms,
     only,
     pair,
+    rejoin_as_tracker,
 )
 from tests.support.processes import RedisServer
 
@@ -199,16 +200,7 @@ async def test_a_tracker_gets_the_last_check_in_after_a_server_restart(
     stored = await record(redis_client, p.token)
     assert stored is not None and stored["lastCheckIn"] == last, stored
 
-    tracker = await node.connect(server.url, transport)
-    tracker.emit("reconnectSession", {"sessionToken": p.token, "role": "tracker"})
-    assert only(await tracker.expect("sessionReconnected")) == {
-        "sessionToken": p.token,
-        "role": "tracker",
-    }
-    assert only(await tracker.expect("checkInReceived")) == {
-        "sessionToken": p.token,
-        "timestamp": last,
-    }
+    tracker = await rejoin_as_tracker(node, server.url, transport, p.token, last)
     tracker.emit("getStatus", {"sessionToken": p.token})
     assert only(await tracker.expect("statusUpdate")) == {
         "sessionToken": p.token,

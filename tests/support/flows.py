@@ -107,3 +107,21 @@ async def check_in(tracked: NodeClient, token: str) -> int:
     """checkIn; returns the confirmed timestamp."""
     tracked.emit("checkIn", token)
     return int(only(await tracked.expect("checkInConfirmed"))["timestamp"])
+
+
+async def rejoin_as_tracker(
+    node: NodeDriver, url: str, transport: str, token: str, last: int
+) -> NodeClient:
+    """A new tracker socket reconnects to the session: sessionReconnected, then the last
+    check-in (checked); returns the socket."""
+    tracker = await node.connect(url, transport)
+    tracker.emit("reconnectSession", {"sessionToken": token, "role": "tracker"})
+    assert only(await tracker.expect("sessionReconnected")) == {
+        "sessionToken": token,
+        "role": "tracker",
+    }
+    assert only(await tracker.expect("checkInReceived")) == {
+        "sessionToken": token,
+        "timestamp": last,
+    }
+    return tracker
