@@ -7,17 +7,21 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import socketio
 from aiohttp import web
+from redis.exceptions import RedisError
 
 from . import demo, http, jsonlib, ops, transport
 from .alerts import Alerts
 from .clock import Clock, wall_ms
+from .codes import Codes
 from .events import Events
+from .instances import Instances
 from .limits import AttemptLimiter
 from .metrics import Metrics
+from .relay import Relay
 from .settings import Settings
 from .store import MemoryStore, RedisStore, connect
 from .webhooks import Webhooks
@@ -63,25 +67,50 @@ def cors_headers(origins: str | list[str]) -> OnPrepare:
     return on_prepare
 
 
-def build_store(settings: Settings, clock: Clock) -> tuple[MemoryStore, AttemptLimiter]:
-    """The session store and the attempt limiter, sharing one Redis client when configured."""
+class Shared(NamedTuple):
+    """What this instance shares with the others through Redis (or keeps alone without it)."""
+
+    instances: Instances
+    store: MemoryStore
+    limiter: AttemptLimiter
+    codes: Codes
+    relay: Relay | None
+
+
+def build_shared(settings: Settings, clock: Clock) -> Shared:
+    """Sessions, codes, attempt counts, heartbeats and delivery: one Redis client for all."""
     limit = settings.code_attempts_per_minute
+    grace_ms = round(settings.code_grace_seconds * 1000)
     if settings.redis_url is None:
-        return MemoryStore(clock), AttemptLimiter(clock, limit)
+        instances = Instances(clock)
+        codes = Codes(clock, instances, grace_ms)
+        return Shared(instances, MemoryStore(clock), AttemptLimiter(clock, limit), codes, None)
     redis = connect(
         settings.redis_url,
         timeout=settings.redis_timeout,
         max_connections=settings.redis_max_connections,
     )
-    store = RedisStore(clock, redis)
-    return store, AttemptLimiter(clock, limit, redis, lambda: store.available)
+    instances = Instances(clock, redis)
+    store = RedisStore(clock, redis, instances)
+
+    def available() -> bool:
+        return store.available
+
+    return Shared(
+        instances,
+        store,
+        AttemptLimiter(clock, limit, redis, available),
+        Codes(clock, instances, grace_ms, redis, available),
+        Relay(redis, instances),
+    )
 
 
 def create_app(settings: Settings, clock: Clock = wall_ms) -> web.Application:
     """Build the whole server; nothing connects or starts until the app starts."""
     app = web.Application(client_max_size=settings.max_message_bytes)
+    shared = build_shared(settings, clock)
     sio = transport.SocketServer(
-        client_manager=transport.DirectManager(),
+        client_manager=shared.relay or transport.DirectManager(),
         async_mode="aiohttp",
         cors_allowed_origins=settings.cors_origins,
         ping_interval=25,
@@ -92,20 +121,23 @@ def create_app(settings: Settings, clock: Clock = wall_ms) -> web.Application:
         logger=False,
         engineio_logger=False,
     )
+    sio.eio.instance_id = shared.instances.id
     sio.attach(app, socketio_path=SOCKET_PATH.strip("/"))
     websockets = transport.WebSockets()
     transport.install(sio, websockets)
     app[WEBSOCKETS] = websockets
-    store, limiter = build_store(settings, clock)
+    store = shared.store
     metrics = Metrics()
     events = Events(
         sio,
         store,
         clock,
         code_grace_ms=round(settings.code_grace_seconds * 1000),
-        limiter=limiter,
+        limiter=shared.limiter,
         trust_proxy=settings.trust_proxy,
         metrics=metrics,
+        instances=shared.instances,
+        codes=shared.codes,
     )
     events.attach()
     app[SIO] = sio
@@ -120,12 +152,37 @@ def create_app(settings: Settings, clock: Clock = wall_ms) -> web.Application:
         webhooks = Webhooks(settings.alert_webhook_url, settings.alert_webhook_secret, clock)
     alerts = Alerts(events, webhooks)
     app.cleanup_ctx.append(_storage)
+    app.cleanup_ctx.append(_instances(shared))
     app.cleanup_ctx.append(_background("sweeper", lambda: _sweep_forever(events)))
     app.cleanup_ctx.append(_background("alerts", alerts.run_forever))
     if webhooks is not None:
         app.cleanup_ctx.append(_background("webhooks", webhooks.run))
     app.on_shutdown.append(_drain(events, settings.shutdown_timeout))
     return app
+
+
+def _instances(shared: Shared) -> Callable[[web.Application], AsyncIterator[None]]:
+    """Heartbeats and the relay's listener, from before the first client until the drain is
+    over; a clean exit takes this instance out of the live set at once."""
+
+    async def run(app: web.Application) -> AsyncIterator[None]:
+        instances = shared.instances
+        with contextlib.suppress(RedisError, OSError):
+            await instances.beat()  # others know of this instance before it serves anyone
+        heartbeat = asyncio.create_task(instances.run_forever(), name="heartbeat")
+        sio = app[SIO]
+        if shared.relay is not None and not sio.manager_initialized:
+            sio.manager_initialized = True
+            sio.manager.initialize()  # the listener: else it starts with the first client
+        yield
+        heartbeat.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await heartbeat
+        if shared.relay is not None:
+            await shared.relay.close()
+        await instances.leave()
+
+    return run
 
 
 def _drain(events: Events, budget: float) -> Callable[[web.Application], Awaitable[None]]:

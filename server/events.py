@@ -16,11 +16,13 @@ from msgspec.structs import replace
 
 from . import errors, payloads, rules
 from .clock import Clock
+from .codes import Codes, Seen
+from .instances import Instances
 from .limits import AttemptLimiter, client_address
 from .logs import token_ref
 from .metrics import Metrics
 from .models import PendingCode, Session
-from .pairing import Claim, CodeBook, Track, register, track
+from .pairing import Claim, Track, register, track
 from .presence import Presence, Role, trackers_room
 from .store import MemoryStore, StoreUnavailable
 
@@ -30,6 +32,9 @@ Handler = Callable[[str, tuple[Any, ...]], Awaitable[None]]
 
 # Node's "client namespace disconnect" is the only reason that must not warn the tracked person.
 CLIENT_LEFT = "client disconnect"
+
+# Tries at a pairing event whose code other events (on any instance) keep changing meanwhile.
+CODE_RACE_ATTEMPTS = 5
 
 # Set when a handler answered its sender with `error` (each event runs in a task of its own).
 _answered_error: ContextVar[bool] = ContextVar("answered_error", default=False)
@@ -48,12 +53,15 @@ class Events:
         limiter: AttemptLimiter | None = None,
         trust_proxy: bool = False,
         metrics: Metrics | None = None,
+        instances: Instances | None = None,
+        codes: Codes | None = None,
     ) -> None:
         self.sio = sio
         self.metrics = metrics or Metrics()
         self.store = store
         self.clock = clock
-        self.codes = CodeBook()
+        self.instances = instances or Instances(clock)
+        self.codes = codes or Codes(clock, self.instances, code_grace_ms)
         self.presence = Presence()
         self.code_grace_ms = code_grace_ms
         self.limiter = limiter or AttemptLimiter(clock, limit=10)
@@ -134,18 +142,30 @@ class Events:
 
     async def register_code(self, sid: str, args: tuple[Any, ...]) -> None:
         code = payloads.code(args)
+        for _ in range(CODE_RACE_ATTEMPTS):
+            if await self._register(sid, code):
+                return
+        log.warning("registerCode from %s: the code kept changing under it", sid)
+        await self._error(sid, errors.STORAGE_UNAVAILABLE)
+
+    async def _register(self, sid: str, code: str) -> bool:
+        """One try at registerCode; False if another event changed the code meanwhile."""
         now = self.clock()
-        existing = self.codes.get(code)
-        claim, entry = register(existing, code, sid, now, self.code_grace_ms)
+        seen = await self.codes.get(code)
+        claim, entry = register(seen.entry, code, sid, now, self.code_grace_ms)
         if claim is Claim.IN_USE:
             log.info("registerCode from %s refused: code held by another socket", sid)
             await self._failed_attempt(sid, errors.CODE_IN_USE)
-            return
+            return True
+        existing = seen.entry
         reclaim = claim is Claim.RESUMED and existing is not None and existing.tracked_sid != sid
         if reclaim and await self.limiter.blocked(self._address(sid)):
             # Reclaiming hands out a session token: not to an address that has been guessing.
             await self._error(sid, errors.TOO_MANY_ATTEMPTS)
-            return
+            return True
+        stored = await self.codes.put(entry, seen)
+        if stored is None:
+            return False
         reply: dict[str, Any] = {"code": code, "expiresAt": entry.expires_at}
         if claim is Claim.RESUMED:
             assert entry.session_token is not None
@@ -154,33 +174,69 @@ class Events:
             if updated is None:
                 # The session expired under the code: the code starts over, unpaired.
                 entry = PendingCode(code=code, tracked_sid=sid, expires_at=entry.expires_at)
+                if await self.codes.put(entry, stored) is None:
+                    return False
             else:
                 self.presence.bind(sid, token, Role.TRACKED)
                 reply["sessionToken"] = token
-        self.codes.put(entry)
         await self.sio.emit("codeRegistered", reply, to=sid)
+        return True
 
     async def track_code(self, sid: str, args: tuple[Any, ...]) -> None:
         code = payloads.code(args)
         if await self.limiter.blocked(self._address(sid)):
             await self._error(sid, errors.TOO_MANY_ATTEMPTS)
             return
-        now = self.clock()
-        entry = self.codes.get(code)
-        verdict = track(entry, now, self.code_grace_ms)
+        for _ in range(CODE_RACE_ATTEMPTS):
+            if await self._track(sid, code):
+                return
+        log.warning("trackCode from %s: the code kept changing under it", sid)
+        await self._error(sid, errors.STORAGE_UNAVAILABLE)
+
+    async def _track(self, sid: str, code: str) -> bool:
+        """One try at trackCode; False if another event changed the code meanwhile."""
+        seen = await self.codes.get(code)
+        entry = seen.entry
+        verdict = track(entry, self.clock(), self.code_grace_ms)
         if verdict is Track.EXPIRED:
-            self.codes.delete(code)
+            await self.codes.delete(seen)
             await self._error(sid, errors.CODE_EXPIRED)
-            return
+            return True
         if entry is None or verdict is Track.UNKNOWN:
             await self._failed_attempt(sid, errors.INVALID_OR_EXPIRED_CODE)
-            return
-        joined = await self._join_as_tracker(entry, sid)
-        if joined is None:
-            self.codes.delete(code)
-            await self._error(sid, errors.INVALID_OR_EXPIRED_CODE)
-            return
-        token, session = joined
+            return True
+        if entry.session_token is None:
+            joined = await self._pair(entry, seen, sid)
+            if joined is None:
+                return False  # another tracker paired it first: join that session
+        else:
+            token = entry.session_token
+            updated = await self.store.update(token, _with(rules.with_tracker, sid))
+            if updated is None:
+                await self.codes.delete(seen)
+                await self._error(sid, errors.INVALID_OR_EXPIRED_CODE)
+                return True
+            joined = token, updated[0]
+        await self._tracking_started(sid, *joined)
+        return True
+
+    async def _pair(self, entry: PendingCode, seen: Seen, sid: str) -> tuple[str, Session] | None:
+        """The first tracker: a new session, linked to the code unless another won the race."""
+        token = rules.new_token()
+        session = Session(tracked_socket_id=entry.tracked_sid, tracker_socket_ids=(sid,))
+        await self.store.create(token, session)
+        if await self.codes.put(replace(entry, session_token=token), seen) is None:
+            await self.store.discard(token)
+            return None
+        tracked = entry.tracked_sid
+        if tracked is not None and self.instances.is_local(tracked):
+            self.presence.bind(tracked, token, Role.TRACKED)
+        log.info("Session created: %s", token_ref(token))
+        return token, session
+
+    async def _tracking_started(self, sid: str, token: str, session: Session) -> None:
+        self.presence.bind(sid, token, Role.TRACKER)
+        await self.sio.enter_room(sid, trackers_room(token))
         log.info("Tracker %s paired with session %s", sid, token_ref(token))
         await self.sio.emit("trackingStarted", {"sessionToken": token}, to=sid)
         if session.tracked_socket_id is not None:
@@ -212,26 +268,6 @@ class Events:
             return
         await self._error(sid, message)
 
-    async def _join_as_tracker(self, entry: PendingCode, sid: str) -> tuple[str, Session] | None:
-        if entry.session_token is None:
-            # Mark the code paired before any await, so two trackers racing share one session.
-            token = rules.new_token()
-            self.codes.put(replace(entry, session_token=token))
-            session = Session(tracked_socket_id=entry.tracked_sid, tracker_socket_ids=(sid,))
-            if entry.tracked_sid is not None:
-                self.presence.bind(entry.tracked_sid, token, Role.TRACKED)
-            await self.store.create(token, session)
-            log.info("Session created: %s", token_ref(token))
-        else:
-            token = entry.session_token
-            updated = await self.store.update(token, _with(rules.with_tracker, sid))
-            if updated is None:
-                return None
-            session = updated[0]
-        self.presence.bind(sid, token, Role.TRACKER)
-        await self.sio.enter_room(sid, trackers_room(token))
-        return token, session
-
     # --- sessions ----------------------------------------------------------------------------
 
     async def reconnect_session(self, sid: str, args: tuple[Any, ...]) -> None:
@@ -243,9 +279,10 @@ class Events:
                 await self._error(sid, errors.INVALID_SESSION)
                 return
             self.presence.bind(sid, token, Role.TRACKED)
-            entry = self.codes.for_token(token)
-            if entry is not None:
-                self.codes.put(replace(entry, tracked_sid=sid, left_at=None))
+            seen = await self.codes.for_token(token)
+            if seen is not None and seen.entry is not None:
+                # The app's code is its own again (a lost race only means it re-registers).
+                await self.codes.put(replace(seen.entry, tracked_sid=sid, left_at=None), seen)
             await self.sio.emit(
                 "sessionReconnected", {"sessionToken": token, "role": "tracked"}, to=sid
             )
@@ -356,8 +393,11 @@ class Events:
     async def _leave(self, sid: str, reason: str) -> None:
         now = self.clock()
         self.addresses.pop(sid, None)
-        self.codes.release(sid, now)
-        for token, role in self.presence.pop(sid):
+        released = await self.codes.release(sid, now)
+        bindings = self.presence.pop(sid)
+        # The tracked socket of a session that a tracker on another instance paired with.
+        bindings.update((e.session_token, Role.TRACKED) for e in released if e.session_token)
+        for token, role in bindings:
             if role is Role.TRACKED:
                 updated = await self.store.update(token, _was(rules.without_tracked, sid))
                 if updated is not None and updated[1] and not self.draining:

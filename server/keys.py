@@ -17,3 +17,15 @@ def attempts(address: str, window: int) -> str:
 
 DEADLINES: Final = "deadlines"  # sorted set: `<kind>:<token>` scored by due time (ms)
 DEADLINE_LEASES: Final = "deadlines:leased"  # sorted set: `<kind>:<token>|<due>` by lease end
+INSTANCES: Final = "instances"  # sorted set: instance id scored by its last heartbeat (ms)
+RELAY_CHANNEL: Final = "alliswell:relay"  # pub/sub: emits for sockets of other instances
+
+
+def code(value: str) -> str:
+    """A pairing code (JSON of PendingCode), unique across instances."""
+    return f"code:{value}"
+
+
+def code_of(token: str) -> str:
+    """The paired code of a session, for the tracked app that reconnects with a new socket."""
+    return f"code-of:{token}"

@@ -17,6 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from redis.exceptions import RedisError
 
+from .relay import Relay
 from .store import MemoryStore, RedisPersistence
 
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
@@ -147,6 +148,28 @@ class _StateCollector(Collector):
             "Redis commands that failed (each marks Redis away until it answers again)",
             value=store.failures,
         )
+        yield CounterMetricFamily(
+            "alliswell_write_conflicts",
+            "Session writes another instance changed first (each change made again and written)",
+            value=store.conflicts,
+        )
+        yield GaugeMetricFamily(
+            "alliswell_instances_alive",
+            "Server instances with a recent heartbeat, this one included",
+            value=len(store.instances.alive()),
+        )
+        relay = getattr(self.sio, "manager", None)
+        if isinstance(relay, Relay):
+            yield CounterMetricFamily(
+                "alliswell_relay_published",
+                "Events published for sockets of other instances",
+                value=relay.published,
+            )
+            yield CounterMetricFamily(
+                "alliswell_relay_failures",
+                "Events for other instances that could not be published (dropped)",
+                value=relay.failures,
+            )
         yield GaugeMetricFamily(
             "alliswell_redis_ping_seconds",
             "Round trip of a PING to Redis at this scrape (NaN when it did not answer)",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from typing import Any, Final
 
 from msgspec.structs import replace
@@ -113,9 +114,18 @@ def clear_pending(session: Session) -> Session:
     return replace(session, pending_alert=None)
 
 
-def fresh_from_storage(session: Session) -> Session:
-    """Socket ids mean nothing to a process that did not make them."""
-    return replace(session, tracked_socket_id=None, tracker_socket_ids=())
+def live_sockets(session: Session, is_live: Callable[[str], bool]) -> Session:
+    """Drop the socket ids of instances that are gone (a crash, a restart, the Node server):
+    those sockets are not connected, whatever the record says."""
+    tracked = session.tracked_socket_id
+    trackers = session.tracker_socket_ids
+    if (tracked is None or is_live(tracked)) and all(is_live(t) for t in trackers):
+        return session
+    return replace(
+        session,
+        tracked_socket_id=tracked if tracked is not None and is_live(tracked) else None,
+        tracker_socket_ids=tuple(t for t in trackers if is_live(t)),
+    )
 
 
 ALERT: Final = "alert"

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Collection
-from typing import TYPE_CHECKING, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 
 import msgspec
 from redis import asyncio as aioredis
@@ -24,9 +24,10 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from . import keys
 from .clock import Clock
 from .deadlines import MemoryDeadlines, RedisDeadlines, member
+from .instances import Instances
 from .logs import token_ref
 from .models import Session
-from .rules import ALERT, REMINDER, deadlines, fresh_from_storage
+from .rules import ALERT, REMINDER, deadlines, live_sockets
 
 log = logging.getLogger(__name__)
 
@@ -39,24 +40,37 @@ IDLE_EVICT_MS: Final = 10 * 60_000
 KINDS: Final = (ALERT, REMINDER)
 UNCHANGED: Final = "-"
 REMOVE: Final = ""
+MAX_HELD_OPS: Final = 100  # changes kept per session while Redis is away
 
-# KEYS: the deadlines set, then one record key per session. ARGV: the TTL, then per session its
-# JSON and, per kind of deadline, the member and its due time ("" removes it, "-" leaves it).
+# KEYS: the deadlines set, then one record key per session. ARGV: the TTL, then per session the
+# record as this process last saw it in Redis ("" none, "*" whatever is there), the record to
+# write ("-" none: only check that it is still as seen), and per kind of deadline the member and
+# its due time ("" removes it, "-" leaves it). A record that is not as seen is not written: its
+# position and what is there now ("" none) are returned, for the change to be made again on it.
 _WRITE: Final = f"""
-local per = 1 + 2 * {len(KINDS)}
+local per = 2 + 2 * {len(KINDS)}
+local conflicts = {{}}
 for i = 2, #KEYS do
   local a = 2 + (i - 2) * per
-  redis.call('SET', KEYS[i], ARGV[a], 'EX', ARGV[1])
-  for k = a + 1, a + per - 1, 2 do
-    if ARGV[k + 1] == '' then
-      redis.call('ZREM', KEYS[1], ARGV[k])
-    elseif ARGV[k + 1] ~= '-' then
-      redis.call('ZADD', KEYS[1], ARGV[k + 1], ARGV[k])
+  local current = redis.call('GET', KEYS[i]) or ''
+  if ARGV[a] ~= '*' and current ~= ARGV[a] then
+    conflicts[#conflicts + 1] = i - 1
+    conflicts[#conflicts + 1] = current
+  elseif ARGV[a + 1] ~= '-' then
+    redis.call('SET', KEYS[i], ARGV[a + 1], 'EX', ARGV[1])
+    for k = a + 2, a + per - 1, 2 do
+      if ARGV[k + 1] == '' then
+        redis.call('ZREM', KEYS[1], ARGV[k])
+      elseif ARGV[k + 1] ~= '-' then
+        redis.call('ZADD', KEYS[1], ARGV[k + 1], ARGV[k])
+      end
     end
   end
 end
-return #KEYS - 1
+return conflicts
 """
+ANY: Final = "*"
+ABSENT: Final = ""
 
 
 class StoreUnavailable(Exception):
@@ -69,6 +83,34 @@ def decode_record(raw: bytes | str) -> Session:
         return _decode_strict(raw)
     except msgspec.ValidationError:
         return msgspec.json.decode(raw, type=Session, strict=False)
+
+
+class _Op(Generic[T]):
+    """One change to a session: kept until it is in Redis, to be made again on a newer record
+    if another instance changed the session first."""
+
+    __slots__ = ("change", "create", "done", "result", "session")
+
+    def __init__(self, change: Change[T] | None = None, create: Session | None = None) -> None:
+        self.change = change
+        self.create = create
+        self.session: Session | None = None
+        self.result: T | None = None
+        self.done = False  # its event may answer: written, held while Redis is away, or gone
+
+    def apply(
+        self, session: Session | None, is_live: Callable[[str], bool] | None
+    ) -> Session | None:
+        """Make the change on `session` (None: there is none); returns the new record."""
+        if self.create is not None:
+            self.session = self.create
+        elif session is None or self.change is None:
+            self.session = None
+        else:
+            if is_live is not None:
+                session = live_sockets(session, is_live)
+            self.session, self.result = self.change(session)
+        return self.session
 
 
 class MemoryStore:
@@ -107,25 +149,36 @@ class MemoryStore:
         return self._sessions.setdefault(token, fetched)
 
     async def create(self, token: str, session: Session) -> None:
-        self._remember(token, session)
-        await self._persist(token)
+        await self._apply(token, _Op(create=session))
 
     async def update(self, token: str, change: Change[T]) -> tuple[Session, T] | None:
         """Apply a pure change to the current record and persist it; None if there is no session.
 
         The change runs on the newest record with no await in between, so concurrent events in
-        this process never lose each other's updates.
+        this process never lose each other's updates (nor, with Redis, those of other instances:
+        see RedisPersistence).
         """
         if await self.load(token) is None:
             return None
         current = self._sessions.get(token)
         if current is None:
             return None
-        changed, result = change(current)
-        if changed is not current:
-            self._remember(token, changed)
-            await self._persist(token)
-        return changed, result
+        op: _Op[T] = _Op(change)
+        if not await self._apply(token, op):
+            return None
+        assert op.session is not None
+        return op.session, op.result  # type: ignore[return-value]  # set with the session
+
+    async def _apply(self, token: str, op: _Op[Any]) -> bool:
+        """Make the change; False if the session is gone."""
+        current = self._sessions.get(token)
+        if op.apply(current, None) is not current and op.session is not None:
+            self._remember(token, op.session)
+        return op.session is not None
+
+    async def discard(self, token: str) -> None:
+        """Forget a session nobody can know (made for a pairing that another one won)."""
+        self._forget(token)
 
     def _remember(self, token: str, session: Session) -> None:
         self._sessions[token] = session
@@ -148,9 +201,6 @@ class MemoryStore:
     async def _fetch(self, token: str) -> Session | None:
         return None
 
-    async def _persist(self, token: str) -> None:
-        pass
-
 
 if TYPE_CHECKING:
     _StoreBase = MemoryStore
@@ -161,18 +211,39 @@ else:
 class RedisPersistence(_StoreBase):
     """Mixin over MemoryStore: records read through from and written through to Redis.
 
-    A write that fails marks its token dirty; the recovery task writes the newest state of every
-    dirty token once Redis answers again, so nothing confirmed while it was away is lost.
+    Memory caches what Redis holds; Redis is the truth that instances share. Each change is
+    made on the cached record at once (no await: the events of this process never lose each
+    other's changes) and kept until it is written. A write goes through only if the record in
+    Redis is still the one this process last saw (compare-and-set, in the same script call as
+    the rest of its batch); if another instance changed it first, the newer record is cached and
+    every change not yet written is made again on it, then written. An event is answered only
+    once its change is in Redis, or held: a write that fails marks its token dirty, and the
+    recovery task writes it (the same way) once Redis answers again.
     """
 
-    def __init__(self, clock: Clock, redis: aioredis.Redis) -> None:
+    def __init__(
+        self,
+        clock: Clock,
+        redis: aioredis.Redis,
+        instances: Instances | None = None,
+    ) -> None:
         super().__init__(clock)
         self._redis = redis
+        # Socket ids count only while the instance that made them is alive.
+        self.instances = instances or Instances(clock)
+        self._is_live = self.instances.is_live
+        self._is_local = self.instances.is_local
         self.deadlines = RedisDeadlines(redis)
         self._write_script = redis.register_script(_WRITE)
+        # Per token: the record as last read from or written to Redis, and what it decodes to.
+        self._seen: dict[str, tuple[bytes, Session]] = {}
+        # Per token: the changes made in memory and not yet written, oldest first.
+        self._ops: dict[str, list[_Op[Any]]] = {}
         # The deadlines last written per token: unchanged ones are not written again.
         self._synced: dict[str, dict[str, int]] = {}
         self._dirty: set[str] = set()
+        # Tokens whose changes outgrew MAX_HELD_OPS while Redis was away: written as they are.
+        self._forced: set[str] = set()
         # Group commit: tokens changed since the last write, the future their writers wait on,
         # and the task that writes them.
         self._pending: set[str] = set()
@@ -181,6 +252,7 @@ class RedisPersistence(_StoreBase):
         self._recovery: asyncio.Task[None] | None = None
         self.available = False
         self.failures = 0  # Redis commands that failed, for /metrics
+        self.conflicts = 0  # writes another instance got in before, for /metrics
 
     @property
     def persistent(self) -> bool:
@@ -224,32 +296,54 @@ class RedisPersistence(_StoreBase):
             raise StoreUnavailable from exc
         if raw is None:
             return None
+        session = self._decode(token, raw if isinstance(raw, bytes) else raw.encode())
+        if session is not None:
+            log.info("Session restored from Redis: %s", token_ref(token))
+        return session
+
+    def _decode(self, token: str, raw: bytes) -> Session | None:
+        """A record read from Redis, remembered as seen unless a newer one is (another load)."""
         try:
-            session = fresh_from_storage(decode_record(raw))
+            session = decode_record(raw)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             log.error("Unreadable record for session %s: %s", token_ref(token), exc)
             return None
-        log.info("Session restored from Redis: %s", token_ref(token))
-        return session
+        self._seen.setdefault(token, (raw, session))
+        return live_sockets(session, self._is_live)
 
-    async def _persist(self, token: str) -> None:
-        """Return once the change is in Redis, or held while Redis is away.
+    async def discard(self, token: str) -> None:
+        await super().discard(token)
+        with contextlib.suppress(RedisError, OSError):
+            await self._redis.delete(keys.session(token))
 
-        Changes that arrive while a write is under way share the next transaction (a group
-        commit): one round trip for many events, and each is confirmed only after its write.
-        """
-        if not self.available:
-            self._dirty.add(token)
-            return
-        self._pending.add(token)
-        if self._committer is None:
-            self._batch = asyncio.get_running_loop().create_future()
-            self._committer = asyncio.create_task(self._commit(), name="redis-commit")
-        assert self._batch is not None
-        # Shielded: a writer that is cancelled must not cancel everyone's batch.
-        await asyncio.shield(self._batch)
+    async def _apply(self, token: str, op: _Op[Any]) -> bool:
+        current = self._sessions.get(token)
+        if op.apply(current, self._is_live) is not current and op.session is not None:
+            self._remember(token, op.session)
+        ops = self._ops.setdefault(token, [])
+        ops.append(op)
+        if len(ops) > MAX_HELD_OPS and ops[0].done:
+            # A long outage: keep the newest changes; the record is then written as it is.
+            del ops[0]
+            self._forced.add(token)
+        while not op.done:
+            if not self.available:
+                self._dirty.add(token)
+                op.done = True  # held: written by the recovery
+                break
+            self._pending.add(token)
+            if self._committer is None:
+                self._batch = asyncio.get_running_loop().create_future()
+                self._committer = asyncio.create_task(self._commit(), name="redis-commit")
+            assert self._batch is not None
+            # Shielded: a writer that is cancelled must not cancel everyone's batch.
+            await asyncio.shield(self._batch)
+        return op.session is not None
 
     async def _commit(self) -> None:
+        """Write what changed, in rounds: changes that arrive while a write is under way share
+        the next round (a group commit: one round trip for many events, each confirmed only
+        after its write). A record another instance changed is made again and rewritten."""
         try:
             while self._pending:
                 tokens, self._pending = self._pending, set()
@@ -257,9 +351,9 @@ class RedisPersistence(_StoreBase):
                 try:
                     if not self.available:
                         raise RedisConnectionError("Redis went away before the write")
-                    await self._write(tokens)
+                    self._pending.update(await self._write(tokens))
                 except (RedisError, OSError) as exc:
-                    self._dirty.update(tokens)
+                    self._hold(tokens)
                     self._lost(exc)
                 finally:
                     if done is not None:
@@ -269,27 +363,94 @@ class RedisPersistence(_StoreBase):
             self._batch = None
             self._committer = None
 
-    async def _write(self, tokens: Collection[str]) -> dict[str, Session]:
+    def _hold(self, tokens: Collection[str]) -> None:
+        """The write failed: the changes are held (their events may answer), for the recovery."""
+        for token in tokens:
+            ops = self._ops.get(token)
+            if ops:
+                self._dirty.add(token)
+                for op in ops:
+                    op.done = True
+
+    async def _write(self, tokens: Collection[str]) -> set[str]:
         """Write the newest state of each token, and its deadlines where they changed, in one
-        atomic script call (one reply to parse, however many records); returns what it wrote."""
-        sessions = {t: s for t in tokens if (s := self._sessions.get(t)) is not None}
-        if not sessions:
-            return sessions
+        atomic script call (one reply to parse, however many records). Returns the tokens that
+        another instance changed first: made again on the newer record, to be written again."""
         now = self._clock()
-        synced: dict[str, dict[str, int]] = {}
+        batch: list[tuple[str, Session, bytes | None, int]] = []
         record_keys: list[str] = [keys.DEADLINES]
         args: list[str | bytes | int] = [keys.SESSION_TTL_SECONDS]
-        for token, session in sessions.items():
-            due = synced[token] = deadlines(session, now)
+        synced: dict[str, dict[str, int]] = {}
+        for token in tokens:
+            session = self._sessions.get(token)
+            if session is None:
+                for op in self._ops.pop(token, ()):
+                    op.done = True  # forgotten meanwhile: nothing to write
+                self._dirty.discard(token)
+                continue
+            seen = self._seen.get(token)
+            expected = ANY if token in self._forced else (seen[0] if seen else ABSENT)
+            if seen is not None and seen[1] is session:
+                raw = None  # nothing new to write: only check that the record is as seen
+                due: dict[str, int] | None = None
+                args += [expected, UNCHANGED] + [UNCHANGED] * (2 * len(KINDS))
+            else:
+                raw = _encode(session)
+                due = deadlines(session, now)
+                unchanged = self._synced.get(token) == due
+                args += [expected, raw]
+                for kind in KINDS:
+                    when = due.get(kind)
+                    args += [member(kind, token), UNCHANGED if unchanged else (when or REMOVE)]
             record_keys.append(keys.session(token))
-            args.append(_encode(session))
-            unchanged = self._synced.get(token) == due
-            for kind in KINDS:
-                when = due.get(kind)
-                args += [member(kind, token), UNCHANGED if unchanged else (when or REMOVE)]
-        await self._write_script(keys=record_keys, args=args)
-        self._synced.update(synced)
-        return sessions
+            batch.append((token, session, raw, len(self._ops.get(token, ()))))
+            if due is not None:
+                synced[token] = due
+        if not batch:
+            return set()
+        reply = await self._write_script(keys=record_keys, args=args)
+        conflicts = {int(reply[i]) - 1: reply[i + 1] for i in range(0, len(reply), 2)}
+        again: set[str] = set()
+        for position, (token, session, raw, written) in enumerate(batch):
+            if position in conflicts:
+                self.conflicts += 1
+                self._remake(token, conflicts[position])
+                again.add(token)
+                continue
+            if raw is not None:
+                self._seen[token] = (raw, session)
+            if token in synced:
+                self._synced[token] = synced[token]
+            self._forced.discard(token)
+            ops = self._ops.get(token, [])
+            for op in ops[:written]:
+                op.done = True
+            del ops[:written]
+            if not ops:
+                # Every change is written (each change of the cache comes with an op).
+                self._ops.pop(token, None)
+                self._dirty.discard(token)
+        return again
+
+    def _remake(self, token: str, raw: bytes) -> None:
+        """Another instance changed the record: cache theirs, and make our changes on it.
+
+        A record that is gone from Redis (lost by a Redis restart without persistence) is
+        written again as this process holds it: confirmed changes are not given up.
+        """
+        self._synced.pop(token, None)
+        self._seen.pop(token, None)
+        if not raw:
+            log.warning("Session %s was gone from Redis: writing it again", token_ref(token))
+            return
+        session = self._decode(token, raw)
+        if session is None:
+            self._forced.add(token)  # unreadable: overwritten with what this process holds
+            return
+        for op in self._ops.get(token, ()):
+            session = op.apply(session, self._is_live)
+        assert session is not None
+        self._remember(token, session)
 
     async def ping(self) -> None:
         """One PING to Redis (for /metrics); a failure marks Redis away, then is raised."""
@@ -332,15 +493,12 @@ class RedisPersistence(_StoreBase):
         written = 0
         while self._dirty:
             batch = list(self._dirty)[:500]
-            sessions = await self._write(batch)
-            for token in batch:
-                if self._sessions.get(token) is sessions.get(token):
-                    self._dirty.discard(token)
+            await self._write(batch)
             written += len(batch)
         return written
 
     def sweep(self) -> int:
-        """Besides expiry, drop idle records with no connected socket: Redis holds them."""
+        """Besides expiry, drop idle records with no socket here: Redis holds them."""
         gone = super().sweep()
         if not self.available:
             return gone
@@ -348,7 +506,10 @@ class RedisPersistence(_StoreBase):
         idle = [
             token
             for token, at in self._written.items()
-            if at < limit and token not in self._dirty and not self._has_sockets(token)
+            if at < limit
+            and token not in self._dirty
+            and token not in self._ops
+            and not self._has_local_sockets(token)
         ]
         for token in idle:
             self._forget(token)
@@ -357,11 +518,13 @@ class RedisPersistence(_StoreBase):
     def _forget(self, token: str) -> None:
         super()._forget(token)
         self._synced.pop(token, None)
+        self._seen.pop(token, None)
 
-    def _has_sockets(self, token: str) -> bool:
+    def _has_local_sockets(self, token: str) -> bool:
         session = self._sessions.get(token)
         return session is not None and (
-            session.tracked_socket_id is not None or bool(session.tracker_socket_ids)
+            (session.tracked_socket_id is not None and self._is_local(session.tracked_socket_id))
+            or any(self._is_local(sid) for sid in session.tracker_socket_ids)
         )
 
 

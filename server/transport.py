@@ -16,6 +16,7 @@ from engineio.async_drivers import aiohttp as engineio_aiohttp
 from socketio import packet as socketio_packet
 
 from . import errors
+from .instances import SEPARATOR
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +110,14 @@ class EngineServer(engineio.AsyncServer):  # type: ignore[misc]
     next poll; nobody waits for it.
     """
 
+    # Set by the app: every id made here names this instance (see instances.py).
+    instance_id = ""
+
     def create_queue(self, *args: Any, **kwargs: Any) -> PacketQueue:
         return PacketQueue()
+
+    def generate_id(self) -> str:
+        return f"{self.instance_id}{SEPARATOR}{super().generate_id()}"
 
     async def disconnect(self, sid: str | None = None) -> None:
         for key in [sid] if sid is not None else list(self.sockets):
@@ -138,6 +145,33 @@ class _OneLineParseErrors(logging.Filter):
 logging.getLogger("engineio.server").addFilter(_OneLineParseErrors())
 
 
+async def deliver(
+    manager: socketio.AsyncManager,
+    event: str,
+    data: Any,
+    namespace: str,
+    room: Any = None,
+    skip_sid: Any = None,
+) -> None:
+    """Queue one event for this process's recipients: the packet encoded once, no task each."""
+    if namespace not in manager.rooms:
+        return  # nobody has connected to it yet
+    if isinstance(data, tuple):
+        args = list(data)
+    else:
+        args = [] if data is None else [data]
+    skip = skip_sid if isinstance(skip_sid, list) else [skip_sid]
+    encoded = manager.server.packet_class(
+        socketio_packet.EVENT, namespace=namespace, data=[event, *args]
+    ).encode()
+    frames = encoded if isinstance(encoded, list) else [encoded]
+    eio_packets = [engineio_packet.Packet(engineio_packet.MESSAGE, f) for f in frames]
+    for sid, eio_sid in manager.get_participants(namespace, room):
+        if sid not in skip:
+            for eio_packet in eio_packets:
+                await manager.server._send_eio_packet(eio_sid, eio_packet)
+
+
 class DirectManager(socketio.AsyncManager):  # type: ignore[misc]
     """python-socketio's manager, without a task per recipient.
 
@@ -160,20 +194,7 @@ class DirectManager(socketio.AsyncManager):  # type: ignore[misc]
         if callback is not None or namespace not in self.rooms:
             await super().emit(event, data, namespace, room, skip_sid, callback, to, **kwargs)
             return
-        if isinstance(data, tuple):
-            args = list(data)
-        else:
-            args = [] if data is None else [data]
-        skip = skip_sid if isinstance(skip_sid, list) else [skip_sid]
-        encoded = self.server.packet_class(
-            socketio_packet.EVENT, namespace=namespace, data=[event, *args]
-        ).encode()
-        frames = encoded if isinstance(encoded, list) else [encoded]
-        eio_packets = [engineio_packet.Packet(engineio_packet.MESSAGE, f) for f in frames]
-        for sid, eio_sid in self.get_participants(namespace, to or room):
-            if sid not in skip:
-                for eio_packet in eio_packets:
-                    await self.server._send_eio_packet(eio_sid, eio_packet)
+        await deliver(self, event, data, namespace, to or room, skip_sid)
 
 
 class SocketServer(socketio.AsyncServer):  # type: ignore[misc]

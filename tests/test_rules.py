@@ -83,11 +83,17 @@ def test_sockets_join_and_leave_without_duplicates() -> None:
     assert rules.without_tracked(tracked, "t").tracked_socket_id is None
 
 
-def test_a_record_from_storage_forgets_its_sockets() -> None:
-    stored = armed(tracked_socket_id="old", tracker_socket_ids=("x", "y"), last_check_in=NOW)
-    fresh = rules.fresh_from_storage(stored)
-    assert fresh.tracked_socket_id is None and fresh.tracker_socket_ids == ()
+def test_sockets_of_dead_instances_stop_counting() -> None:
+    stored = armed(
+        tracked_socket_id="dead.t", tracker_socket_ids=("live.a", "dead.b"), last_check_in=NOW
+    )
+    fresh = rules.live_sockets(stored, lambda sid: sid.startswith("live."))
+    assert fresh.tracked_socket_id is None and fresh.tracker_socket_ids == ("live.a",)
     assert fresh.last_check_in == NOW and fresh.settings_configured
+    everyone = rules.live_sockets(stored, lambda sid: True)
+    assert everyone is stored
+    nobody = rules.live_sockets(stored, lambda sid: False)
+    assert nobody.tracked_socket_id is None and nobody.tracker_socket_ids == ()
 
 
 def test_tokens_are_64_lowercase_hex_and_distinct() -> None:

@@ -119,13 +119,13 @@ async def test_concurrent_changes_to_one_session_are_all_kept(
     store: RedisStore, redis: aioredis.Redis
 ) -> None:
     await redis.set(keys.session(TOKEN), NODE_RECORD)
+    sids = [f"{store.instances.id}.sid{i}" for i in range(50)]
     joins = [
-        store.update(TOKEN, lambda s, sid=f"sid{i}": (rules.with_tracker(s, sid), None))
-        for i in range(50)
+        store.update(TOKEN, lambda s, sid=sid: (rules.with_tracker(s, sid), None)) for sid in sids
     ]
     await asyncio.gather(*joins)
     stored = decode_record(await redis.get(keys.session(TOKEN)))
-    assert sorted(stored.tracker_socket_ids) == sorted(f"sid{i}" for i in range(50))
+    assert sorted(stored.tracker_socket_ids) == sorted(sids)
 
 
 async def test_memory_only_keeps_sessions_for_30_days_after_a_write() -> None:
@@ -144,7 +144,8 @@ async def test_idle_sessions_without_sockets_leave_memory_but_not_redis(
 ) -> None:
     clock: FakeClock = store._clock  # type: ignore[assignment]
     await store.create(TOKEN, Session(last_check_in=NOW))
-    await store.create("cd" * 32, Session(tracker_socket_ids=("connected",)))
+    connected = f"{store.instances.id}.connected"
+    await store.create("cd" * 32, Session(tracker_socket_ids=(connected,)))
     clock.now += 11 * 60_000
     assert store.sweep() == 1
     assert store.cached(TOKEN) is None and store.cached("cd" * 32) is not None
