@@ -57,14 +57,14 @@ class Events:
         codes: Codes | None = None,
     ) -> None:
         self.sio = sio
-        self.metrics = metrics or Metrics()
+        self.metrics = metrics if metrics is not None else Metrics()
         self.store = store
         self.clock = clock
-        self.instances = instances or Instances(clock)
-        self.codes = codes or Codes(clock, self.instances, code_grace_ms)
+        self.instances = instances if instances is not None else Instances(clock)
+        self.codes = codes if codes is not None else Codes(clock, self.instances, code_grace_ms)
         self.presence = Presence()
         self.code_grace_ms = code_grace_ms
-        self.limiter = limiter or AttemptLimiter(clock, limit=10)
+        self.limiter = limiter if limiter is not None else AttemptLimiter(clock, limit=10)
         self.trust_proxy = trust_proxy
         self.addresses: dict[str, str] = {}
         # Told when a check-in clears a pending alert (the alerts' webhook says "all clear").

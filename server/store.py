@@ -230,7 +230,7 @@ class RedisPersistence(_StoreBase):
         super().__init__(clock)
         self._redis = redis
         # Socket ids count only while the instance that made them is alive.
-        self.instances = instances or Instances(clock)
+        self.instances = instances if instances is not None else Instances(clock)
         self._is_live = self.instances.is_live
         self._is_local = self.instances.is_local
         self.deadlines = RedisDeadlines(redis)

@@ -7,9 +7,8 @@ long-polling for the whole test, others upgrade to WebSocket. Every request of o
 session must reach the process that created it (stickiness by `sid`); the test proves that from
 HAProxy's own request log, and that the sessions were spread over several processes.
 
-Cross-instance state is not built yet (codes, presence and pushes live in each process), so
-nothing here pairs two clients across processes; a session token paired earlier works through
-the proxy on any process, since sessions live in Redis.
+Codes, sessions, presence and pushes are shared through Redis: a tracked app and its trackers
+pair through the proxy wherever each lands, and hear each other across processes.
 
 Needs the `haproxy` binary (Debian's package; scripts/test.sh installs it as root); skipped,
 saying so, where it is missing.
@@ -30,7 +29,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.flows import expect_error, only, pair, unknown_token
+from tests.support.flows import expect_error, new_code, only, pair, unknown_token
 from tests.support.nodeclient import ConnectError, NodeClient, NodeDriver
 from tests.support.processes import REPO_ROOT, ServerProcess, free_port, http_status
 
@@ -277,6 +276,48 @@ async def test_polling_first_clients_stick_to_one_process_each(
     assert len({next(iter(names)) for names in by_sid.values()}) >= 2
     upgrades = [uri for _, status, uri in requests if status == 101 and sid_of(uri)]
     assert len(upgrades) >= UPGRADING, upgrades
+
+
+def instance_of(client: NodeClient) -> str:
+    """The server instance a client is connected to: every socket id starts with it."""
+    assert client.sid is not None and "." in client.sid, client.sid
+    return client.sid.split(".", 1)[0]
+
+
+async def test_polling_first_apps_pair_and_hear_each_other_across_processes(
+    start_server, redis_url: str, start_proxy, node: NodeDriver
+) -> None:
+    servers = list(
+        await asyncio.gather(*(start_server(redis_url=redis_url) for _ in range(PROCESSES)))
+    )
+    await asyncio.sleep(1.5)  # every instance has seen the others' heartbeats
+    proxy = await start_proxy(servers)
+    tracked = await node.connect(proxy.url, "polling", upgrade=False)
+    trackers = [await node.connect(proxy.url, "polling", upgrade=False) for _ in range(4)]
+    places = {instance_of(c) for c in [tracked, *trackers]}
+    assert len(places) >= 2, places  # leastconn spread them: pairing has to cross processes
+
+    tracked.emit("registerCode", code := new_code())
+    await tracked.expect("codeRegistered")
+    tokens = set()
+    for tracker in trackers:
+        tracker.emit("trackCode", code)
+        tokens.add(only(await tracker.expect("trackingStarted"))["sessionToken"])
+        assert only(await tracked.expect("trackerConnected"))["sessionToken"] in tokens
+    assert len(tokens) == 1
+    token = tokens.pop()
+
+    tracked.emit("checkIn", token)
+    confirmed = only(await tracked.expect("checkInConfirmed"))["timestamp"]
+    for tracker in trackers:
+        received = only(await tracker.expect("checkInReceived"))
+        assert received == {"sessionToken": token, "timestamp": confirmed}
+
+    await tracked.disconnect()
+    for tracker in trackers:
+        assert await tracker.expect("trackedPersonDisconnected") == []
+    requests = proxy.requests()
+    assert all(status != 400 for _, status, _ in requests), requests
 
 
 async def test_without_stickiness_polling_clients_are_refused(
