@@ -91,7 +91,7 @@ class Alerts:
             self.webhooks.send("checkInMissed", token, due)
 
     async def _remind(self, token: str, due: int) -> None:
-        session = await self.store.load(token)
+        session = await self.store.current(token)  # a check-in on another instance counts
         if session is None or not rules.reminder_due(session, due, self.clock()):
             return
         if session.tracked_socket_id is not None:

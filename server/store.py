@@ -85,6 +85,10 @@ def decode_record(raw: bytes | str) -> Session:
         return msgspec.json.decode(raw, type=Session, strict=False)
 
 
+def _unchanged(session: Session) -> tuple[Session, None]:
+    return session, None
+
+
 class _Op(Generic[T]):
     """One change to a session: kept until it is in Redis, to be made again on a newer record
     if another instance changed the session first."""
@@ -168,6 +172,11 @@ class MemoryStore:
             return None
         assert op.session is not None
         return op.session, op.result  # type: ignore[return-value]  # set with the session
+
+    async def current(self, token: str) -> Session | None:
+        """The record, checked against Redis (another instance may have changed it)."""
+        updated = await self.update(token, _unchanged)
+        return updated[0] if updated is not None else None
 
     async def _apply(self, token: str, op: _Op[Any]) -> bool:
         """Make the change; False if the session is gone."""
