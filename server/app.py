@@ -13,7 +13,7 @@ import socketio
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from . import demo, http, jsonlib, ops, transport
+from . import demo, http, jsonlib, ops, tasks, transport
 from .alerts import Alerts
 from .clock import Clock, wall_ms
 from .codes import Codes
@@ -175,9 +175,7 @@ def _instances(shared: Shared) -> Callable[[web.Application], AsyncIterator[None
             sio.manager_initialized = True
             sio.manager.initialize()  # the listener: else it starts with the first client
         yield
-        heartbeat.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await heartbeat
+        await tasks.stop(heartbeat)
         if shared.relay is not None:
             await shared.relay.close()
         await instances.leave()
@@ -242,8 +240,6 @@ def _background(
     async def run(app: web.Application) -> AsyncIterator[None]:
         task = asyncio.create_task(work(), name=name)
         yield
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await tasks.stop(task)
 
     return run

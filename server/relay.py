@@ -23,7 +23,7 @@ import socketio
 from redis import asyncio as aioredis
 from redis.exceptions import RedisError
 
-from . import jsonlib, keys
+from . import jsonlib, keys, tasks
 from .instances import Instances, owner
 from .transport import deliver
 
@@ -46,6 +46,7 @@ class Relay(socketio.AsyncRedisManager):  # type: ignore[misc]
         self.failures = 0
         self.received = 0
         self._failing = False
+        self._closing = False
 
     def _redis_connect(self) -> None:
         raise RuntimeError("the relay uses the server's Redis client")  # never a pool of its own
@@ -129,12 +130,12 @@ class Relay(socketio.AsyncRedisManager):  # type: ignore[misc]
 
     async def _listen(self) -> AsyncIterator[bytes]:
         delay = 0.1
-        while True:
+        while not self._closing:
             pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self.channel)
                 delay = 0.1
-                while True:
+                while not self._closing:
                     message = await pubsub.get_message(timeout=LISTEN_POLL_SECONDS)
                     if message is not None and message.get("type") == "message":
                         yield message["data"]
@@ -147,9 +148,8 @@ class Relay(socketio.AsyncRedisManager):  # type: ignore[misc]
             delay = min(delay * 2, RESUBSCRIBE_MAX_SECONDS)
 
     async def close(self) -> None:
-        """Stop listening (python-socketio's listener task runs until cancelled)."""
+        """Stop listening (python-socketio's listener runs until cancelled; see tasks.stop)."""
+        self._closing = True
         task = getattr(self, "thread", None)
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await tasks.stop(task)

@@ -21,7 +21,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from . import keys
+from . import keys, tasks
 from .clock import Clock
 from .deadlines import MemoryDeadlines, RedisDeadlines, member
 from .instances import Instances
@@ -285,9 +285,7 @@ class RedisPersistence(_StoreBase):
         if self._committer is not None:
             await self._committer
         if self._recovery is not None:
-            self._recovery.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._recovery
+            await tasks.stop(self._recovery)
         if self._dirty:
             with contextlib.suppress(RedisError, OSError):
                 await self._flush()
