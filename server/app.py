@@ -93,8 +93,7 @@ def create_app(settings: Settings, clock: Clock = wall_ms) -> web.Application:
         engineio_logger=False,
     )
     sio.attach(app, socketio_path=SOCKET_PATH.strip("/"))
-    websockets = transport.WebSockets()
-    transport.install(sio, websockets)
+    websockets = transport.install(sio)
     app[WEBSOCKETS] = websockets
     store, limiter = build_store(settings, clock)
     metrics = Metrics()
@@ -122,6 +121,7 @@ def create_app(settings: Settings, clock: Clock = wall_ms) -> web.Application:
     app.cleanup_ctx.append(_storage)
     app.cleanup_ctx.append(_background("sweeper", lambda: _sweep_forever(events)))
     app.cleanup_ctx.append(_background("alerts", alerts.run_forever))
+    app.cleanup_ctx.append(_background("heartbeat", websockets.heartbeat.run))
     if webhooks is not None:
         app.cleanup_ctx.append(_background("webhooks", webhooks.run))
     app.on_shutdown.append(_drain(events, settings.shutdown_timeout))

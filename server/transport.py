@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 from typing import Any
+from urllib.parse import parse_qs
 
 import engineio
 import socketio
@@ -15,7 +16,7 @@ from engineio import packet as engineio_packet
 from engineio.async_drivers import aiohttp as engineio_aiohttp
 from socketio import packet as socketio_packet
 
-from . import errors
+from . import errors, websocket
 
 log = logging.getLogger(__name__)
 
@@ -197,6 +198,13 @@ class SocketServer(socketio.AsyncServer):  # type: ignore[misc]
     def _engineio_server_class(self) -> type[EngineServer]:
         return EngineServer
 
+    async def _handle_eio_connect(self, eio_sid: str, environ: dict[str, Any]) -> None:
+        # Called before engine.io schedules the first ping: one that starts on WebSocket is
+        # pinged by server.websocket's heartbeat instead of a task of its own.
+        if parse_qs(environ.get("QUERY_STRING", "")).get("transport") == ["websocket"]:
+            websocket.adopt(self.eio.sockets[eio_sid])
+        await super()._handle_eio_connect(eio_sid, environ)
+
     async def _handle_eio_disconnect(self, eio_sid: str, reason: str) -> None:
         # After a client's own CLOSE, engine.io leaves that client's pending long-poll waiting
         # for the ping timeout (45 s): a request and a task held for nothing, and a shutdown
@@ -215,49 +223,52 @@ class SocketServer(socketio.AsyncServer):  # type: ignore[misc]
 
 
 class WebSockets:
-    """The open WebSocket responses of one server."""
+    """The open WebSocket responses of one server, and the heartbeat that pings them."""
 
-    def __init__(self) -> None:
+    def __init__(self, heartbeat: websocket.Heartbeat) -> None:
         # A plain set, emptied by each handler as it ends (a WeakSet adds a weakref each).
         self._open: set[web.WebSocketResponse] = set()
+        self.heartbeat = heartbeat
 
     def __len__(self) -> int:
         return len(self._open)
 
     def driver(self) -> type[engineio_aiohttp.WebSocket]:
-        """A subclass of engine.io's aiohttp WebSocket that registers here."""
+        """A subclass of engine.io's aiohttp WebSocket that registers here and runs the
+        connection with server.websocket instead of engine.io's tasks."""
         registry = self._open
+        heartbeat = self.heartbeat
 
         class WebSocket(engineio_aiohttp.WebSocket):  # type: ignore[misc]
             async def __call__(self, environ: dict[str, Any]) -> web.WebSocketResponse:
                 request = environ["aiohttp.request"]
+                eio_socket = self.handler.__self__  # engine.io's socket
                 # compress=False: permessage-deflate costs ~90 KB per connection (PLATFORM.md),
                 # and the Node server never offered it.
-                self._sock = web.WebSocketResponse(
+                self._sock = ws = web.WebSocketResponse(
                     max_msg_size=self.server.max_http_buffer_size, compress=False
                 )
-                await self._sock.prepare(request)
-                registry.add(self._sock)
-                eio_socket = getattr(self.handler, "__self__", None)  # engine.io's socket
-                if eio_socket is not None and eio_socket.connected:
+                try:
+                    await ws.prepare(request)
+                except BaseException:
+                    websocket.release(eio_socket)
+                    raise
+                if eio_socket.connected:
                     # An upgrade from polling: Socket.IO keeps the handshake's environ, and
                     # nothing reads this one again (it lives as long as the WebSocket).
                     environ.clear()
+                registry.add(ws)
                 try:
-                    self.environ = environ
-                    await self.handler(self)
+                    await websocket.serve(
+                        eio_socket,
+                        ws,
+                        request.transport,
+                        heartbeat,
+                        self.server.max_http_buffer_size,
+                    )
                 finally:
-                    registry.discard(self._sock)
-                return self._sock
-
-            async def wait(self) -> str | bytes | None:
-                # engine.io raises on an empty frame or an unknown packet type and logs a
-                # traceback each time: hang up on such a client instead (None = it closed).
-                message: str | bytes = await super().wait()
-                if isinstance(message, str) and (not message or message[0] not in "0123456"):
-                    log.info("Malformed Engine.IO packet %r: closing", message[:20])
-                    return None
-                return message
+                    registry.discard(ws)
+                return ws
 
         return WebSocket
 
@@ -272,9 +283,14 @@ class WebSockets:
             )
 
 
-def install(sio: Any, websockets: WebSockets) -> None:
-    """Use the registering WebSocket class for this server only (the driver table is shared)."""
+def install(sio: Any, heartbeat: websocket.Heartbeat | None = None) -> WebSockets:
+    """Use the registering WebSocket class for this server only (the driver table is shared);
+    its heartbeat must run for the app's lifetime."""
+    if heartbeat is None:
+        heartbeat = websocket.Heartbeat(sio.eio.ping_interval, sio.eio.ping_timeout)
+    websockets = WebSockets(heartbeat)
     sio.eio._async = {**sio.eio._async, "websocket": websockets.driver()}
+    return websockets
 
 
 async def close_transports(sio: Any, websockets: WebSockets, flush_within: float = 1.0) -> None:
