@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -13,7 +14,6 @@ import engineio
 import socketio
 from aiohttp import WSCloseCode, web
 from engineio import packet as engineio_packet
-from engineio.async_drivers import aiohttp as engineio_aiohttp
 from socketio import packet as socketio_packet
 
 from . import errors, websocket
@@ -233,42 +233,24 @@ class WebSockets:
     def __len__(self) -> int:
         return len(self._open)
 
-    def driver(self) -> type[engineio_aiohttp.WebSocket]:
-        """A subclass of engine.io's aiohttp WebSocket that registers here and runs the
-        connection with server.websocket instead of engine.io's tasks."""
+    def driver(self) -> type[Any]:
+        """engine.io's WebSocket driver for aiohttp, as engine.io uses it (`driver(handler,
+        server)`, then `await driver(environ)`), running the connection with server.websocket
+        instead of engine.io's tasks, and registering it here."""
         registry = self._open
         heartbeat = self.heartbeat
 
-        class WebSocket(engineio_aiohttp.WebSocket):  # type: ignore[misc]
-            async def __call__(self, environ: dict[str, Any]) -> web.WebSocketResponse:
-                request = environ["aiohttp.request"]
-                eio_socket = self.handler.__self__  # engine.io's socket
-                # compress=False: permessage-deflate costs ~90 KB per connection (PLATFORM.md),
-                # and the Node server never offered it.
-                self._sock = ws = web.WebSocketResponse(
-                    max_msg_size=self.server.max_http_buffer_size, compress=False
-                )
-                try:
-                    await ws.prepare(request)
-                except BaseException:
-                    websocket.release(eio_socket)
-                    raise
-                if eio_socket.connected:
-                    # An upgrade from polling: Socket.IO keeps the handshake's environ, and
-                    # nothing reads this one again (it lives as long as the WebSocket).
-                    environ.clear()
-                registry.add(ws)
-                try:
-                    await websocket.serve(
-                        eio_socket,
-                        ws,
-                        request.transport,
-                        heartbeat,
-                        self.server.max_http_buffer_size,
-                    )
-                finally:
-                    registry.discard(ws)
-                return ws
+        class WebSocket:
+            __slots__ = ("server", "socket")  # lives as long as the connection
+
+            def __init__(self, handler: Any, server: Any) -> None:
+                self.socket = handler.__self__  # engine.io's socket
+                self.server = server
+
+            def __call__(self, environ: dict[str, Any]) -> Awaitable[web.WebSocketResponse]:
+                # A coroutine, not an async def of its own: one coroutine fewer per connection.
+                max_size = self.server.max_http_buffer_size
+                return websocket.serve(self.socket, environ, max_size, heartbeat, registry)
 
         return WebSocket
 

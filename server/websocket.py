@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSMessage, WSMsgType, web
 from engineio import exceptions
 from engineio import packet as eio
 
@@ -181,13 +181,13 @@ class Heartbeat:
                 log.exception("Heartbeat failed")
 
 
-async def receive(ws: web.WebSocketResponse, max_size: int) -> str | bytes | None:
-    """The next Engine.IO packet; None when the client closed, sent too much or garbage.
+def packet_data(msg: WSMessage, max_size: int) -> str | bytes | None:
+    """The Engine.IO packet in a WebSocket message; None when the client closed, sent too
+    much or garbage.
 
     engine.io raises on an empty frame or an unknown packet type and logs a traceback each
     time: such a client is hung up on instead.
     """
-    msg = await ws.receive()
     data = msg.data
     if msg.type is WSMsgType.TEXT:
         if not data or data[0] not in "0123456":
@@ -203,13 +203,13 @@ async def receive(ws: web.WebSocketResponse, max_size: int) -> str | bytes | Non
 async def _upgrade(socket: Any, ws: web.WebSocketResponse, max_size: int) -> bool:
     """engine.io's upgrade of a polling session: probe, end the pending poll, UPGRADE."""
     socket.upgrading = True  # engine.io holds back sends (they stay queued) until done
-    if await receive(ws, max_size) != "2probe":
+    if packet_data(await ws.receive(), max_size) != "2probe":
         log.debug("%s: failed WebSocket upgrade, no probe", socket.sid)
         socket.upgrading = False
         return False
     await ws.send_str(eio.Packet(eio.PONG, data="probe").encode())
     await socket.queue.put(eio.Packet(eio.NOOP))  # ends the pending poll
-    data = await receive(ws, max_size)
+    data = packet_data(await ws.receive(), max_size)
     if not isinstance(data, str) or not data.startswith("5"):
         log.debug("%s: failed WebSocket upgrade, no UPGRADE packet", socket.sid)
         socket.upgrading = False
@@ -221,46 +221,65 @@ async def _upgrade(socket: Any, ws: web.WebSocketResponse, max_size: int) -> boo
 
 async def serve(
     socket: Any,
-    ws: web.WebSocketResponse,
-    transport: asyncio.Transport,
-    heartbeat: Heartbeat,
+    environ: dict[str, Any],
     max_size: int,
-) -> None:
-    """Run an Engine.IO socket over a prepared WebSocket until either side ends it (engine.io's
-    AsyncSocket._websocket_handler, in the calling task)."""
-    upgrade = bool(socket.connected)
-    if upgrade and not await _upgrade(socket, ws, max_size):
-        return
-    socket.connected = socket.upgraded = True
-    conn = Connection(socket, ws, transport, heartbeat.clock())
-    # What was queued during the upgrade goes first, then the queue is the WebSocket itself.
-    queued, socket.queue = socket.queue, conn
-    while not queued.empty():
-        conn.write(queued.get_nowait())
-        queued.task_done()
-    # A session that started on polling has engine.io's ping task on the way; its pong hands
-    # the pings over. One that started here was adopted before its first ping (see adopt).
-    heartbeat.watch(conn, ping=not upgrade)
+    heartbeat: Heartbeat,
+    registry: set[web.WebSocketResponse],
+) -> web.WebSocketResponse:
+    """Accept the WebSocket of `environ` and run the Engine.IO socket over it until either side
+    ends it: engine.io's aiohttp driver and AsyncSocket._websocket_handler in one coroutine
+    (every coroutine lives as long as the connection), in aiohttp's handler task."""
+    request = environ["aiohttp.request"]
+    # compress=False: permessage-deflate costs ~90 KB per connection (PLATFORM.md), and the
+    # Node server never offered it.
+    ws = web.WebSocketResponse(max_msg_size=max_size, compress=False)
     try:
-        while (data := await receive(ws, max_size)) is not None:
-            pkt = eio.Packet(encoded_packet=data)
-            heartbeat.heard(conn, pkt.packet_type)
-            if pkt.packet_type == eio.PONG:
-                continue
-            try:
-                await socket.receive(pkt)
-            except exceptions.UnknownPacketError:
-                pass
-            except exceptions.SocketIsClosedError:
-                break
-            except Exception:
-                logging.getLogger("engineio.server").exception("Unknown receive error")
-            if pkt.packet_type == eio.CLOSE:
-                break  # the client left: engine.io's writer would hang up now
+        await ws.prepare(request)
+    except BaseException:
+        release(socket)
+        raise
+    registry.add(ws)
+    try:
+        upgrade = bool(socket.connected)
+        if upgrade:
+            # Socket.IO keeps the handshake's environ; nothing reads this one again.
+            environ.clear()
+            if not await _upgrade(socket, ws, max_size):
+                return ws
+        socket.connected = socket.upgraded = True
+        conn = Connection(socket, ws, request.transport, heartbeat.clock())
+        # What was queued during the upgrade goes first, then the WebSocket is the queue.
+        queued, socket.queue = socket.queue, conn
+        while not queued.empty():
+            conn.write(queued.get_nowait())
+            queued.task_done()
+        # A session that started on polling has engine.io's ping task on the way; its pong
+        # hands the pings over. One that started here was adopted before its first ping.
+        heartbeat.watch(conn, ping=not upgrade)
+        try:
+            while (data := packet_data(await ws.receive(), max_size)) is not None:
+                pkt = eio.Packet(encoded_packet=data)
+                heartbeat.heard(conn, pkt.packet_type)
+                if pkt.packet_type == eio.PONG:
+                    continue
+                try:
+                    await socket.receive(pkt)
+                except exceptions.UnknownPacketError:
+                    pass
+                except exceptions.SocketIsClosedError:
+                    break
+                except Exception:
+                    logging.getLogger("engineio.server").exception("Unknown receive error")
+                if pkt.packet_type == eio.CLOSE:
+                    break  # the client left: engine.io's writer would hang up now
+        finally:
+            with contextlib.suppress(Exception):
+                await ws.close()
+            reason = socket.server.reason.TRANSPORT_CLOSE
+            await socket.close(wait=False, abort=True, reason=reason)
     finally:
-        with contextlib.suppress(Exception):
-            await ws.close()
-        await socket.close(wait=False, abort=True, reason=socket.server.reason.TRANSPORT_CLOSE)
+        registry.discard(ws)
+    return ws
 
 
 def adopt(socket: Any) -> None:
