@@ -251,8 +251,11 @@ async def serve(
         # What was queued during the upgrade goes first, then the WebSocket is the queue.
         queued, socket.queue = socket.queue, conn
         while not queued.empty():
-            conn.write(queued.get_nowait())
+            pkt = queued.get_nowait()
+            conn.write(pkt)
             queued.task_done()
+            if pkt is not None and pkt.packet_type == eio.OPEN:
+                pkt.data = None  # engine.io's connect handler holds its OPEN packet till the end
         # A session that started on polling has engine.io's ping task on the way; its pong
         # hands the pings over. One that started here was adopted before its first ping.
         heartbeat.watch(conn, ping=not upgrade)
