@@ -50,7 +50,7 @@ class Connection:
     the heartbeat, not by its writer.
     """
 
-    __slots__ = ("heard", "ping_at", "socket", "transport", "ws")
+    __slots__ = ("heard", "ping_at", "slot", "socket", "transport", "ws")
 
     def __init__(
         self, socket: Any, ws: web.WebSocketResponse, transport: asyncio.Transport, now: float
@@ -60,6 +60,7 @@ class Connection:
         self.transport = transport
         self.heard = now  # when the client last sent anything
         self.ping_at: float | None = None  # when to ping; None while a ping awaits its pong
+        self.slot = 0  # where the heartbeat keeps it
 
     @property
     def open(self) -> bool:
@@ -109,7 +110,7 @@ class Heartbeat:
         self.limit = interval + timeout
         self.tick = tick
         self.clock = clock
-        self._slots: dict[int, list[Connection]] = {}
+        self._slots: dict[int, set[Connection]] = {}
         self._next = self._slot(clock())
         self._closing: set[asyncio.Task[Any]] = set()
 
@@ -120,7 +121,8 @@ class Heartbeat:
         return math.ceil(when / self.tick)
 
     def _file(self, conn: Connection, when: float) -> None:
-        self._slots.setdefault(max(self._slot(when), self._next), []).append(conn)
+        conn.slot = max(self._slot(when), self._next)
+        self._slots.setdefault(conn.slot, set()).add(conn)
 
     def watch(self, conn: Connection, *, ping: bool) -> None:
         """Start looking after `conn`; `ping`: now in charge of its pings (else engine.io's
@@ -129,6 +131,14 @@ class Heartbeat:
         conn.heard = now
         conn.ping_at = now + self.interval if ping else None
         self._file(conn, now + self.interval)
+
+    def forget(self, conn: Connection) -> None:
+        """Stop looking after `conn` (and holding it: it holds the whole connection)."""
+        slot = self._slots.get(conn.slot)
+        if slot is not None:
+            slot.discard(conn)
+            if not slot:
+                del self._slots[conn.slot]
 
     def heard(self, conn: Connection, pkt_type: int) -> None:
         """The client sent a packet: it is alive, and a pong schedules the next ping."""
@@ -276,6 +286,7 @@ async def serve(
                 if pkt.packet_type == eio.CLOSE:
                     break  # the client left: engine.io's writer would hang up now
         finally:
+            heartbeat.forget(conn)
             with contextlib.suppress(Exception):
                 await ws.close()
             reason = socket.server.reason.TRANSPORT_CLOSE

@@ -137,6 +137,19 @@ async def test_closed_connections_are_forgotten_and_not_written_to() -> None:
     assert tr.written == [] and len(heartbeat) == 0
 
 
+async def test_a_connection_that_ended_is_let_go_at_once() -> None:
+    clock = Clock()
+    heartbeat = Heartbeat(25, 20, clock=clock)
+    conn, tr = watched(heartbeat)
+    other, _ = watched(heartbeat)
+    heartbeat.forget(conn)
+    assert len(heartbeat) == 1
+    run_for(heartbeat, clock, 26)
+    assert tr.written == []
+    heartbeat.forget(other)
+    assert len(heartbeat) == 0
+
+
 # --- a real server, with short timers ---------------------------------------------------------
 
 
