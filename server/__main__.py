@@ -35,6 +35,9 @@ def main() -> int:
         host=config.host,
         port=config.port,
         print=None,
+        # Access lines are off (server.logs); without a logger aiohttp skips them for good,
+        # and keeps no access logger per connection.
+        access_log=None,
         shutdown_timeout=requests_timeout(config),
         loop=_event_loop(),
     )

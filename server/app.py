@@ -123,8 +123,7 @@ def create_app(settings: Settings, clock: Clock = wall_ms) -> web.Application:
     )
     sio.eio.instance_id = shared.instances.id
     sio.attach(app, socketio_path=SOCKET_PATH.strip("/"))
-    websockets = transport.WebSockets()
-    transport.install(sio, websockets)
+    websockets = transport.install(sio)
     app[WEBSOCKETS] = websockets
     store = shared.store
     metrics = Metrics()
@@ -155,6 +154,7 @@ def create_app(settings: Settings, clock: Clock = wall_ms) -> web.Application:
     app.cleanup_ctx.append(_instances(shared))
     app.cleanup_ctx.append(_background("sweeper", lambda: _sweep_forever(events)))
     app.cleanup_ctx.append(_background("alerts", alerts.run_forever))
+    app.cleanup_ctx.append(_background("pings", websockets.heartbeat.run))
     if webhooks is not None:
         app.cleanup_ctx.append(_background("webhooks", webhooks.run))
     app.on_shutdown.append(_drain(events, settings.shutdown_timeout))
@@ -169,7 +169,7 @@ def _instances(shared: Shared) -> Callable[[web.Application], AsyncIterator[None
         instances = shared.instances
         with contextlib.suppress(RedisError, OSError):
             await instances.beat()  # others know of this instance before it serves anyone
-        heartbeat = asyncio.create_task(instances.run_forever(), name="heartbeat")
+        heartbeat = asyncio.create_task(instances.run_forever(), name="instance-heartbeat")
         sio = app[SIO]
         if shared.relay is not None and not sio.manager_initialized:
             sio.manager_initialized = True

@@ -6,16 +6,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable
 from typing import Any
+from urllib.parse import parse_qs
 
 import engineio
 import socketio
 from aiohttp import WSCloseCode, web
 from engineio import packet as engineio_packet
-from engineio.async_drivers import aiohttp as engineio_aiohttp
 from socketio import packet as socketio_packet
 
-from . import errors
+from . import errors, websocket
 from .instances import SEPARATOR
 
 log = logging.getLogger(__name__)
@@ -218,6 +219,13 @@ class SocketServer(socketio.AsyncServer):  # type: ignore[misc]
     def _engineio_server_class(self) -> type[EngineServer]:
         return EngineServer
 
+    async def _handle_eio_connect(self, eio_sid: str, environ: dict[str, Any]) -> None:
+        # Called before engine.io schedules the first ping: one that starts on WebSocket is
+        # pinged by server.websocket's heartbeat instead of a task of its own.
+        if parse_qs(environ.get("QUERY_STRING", "")).get("transport") == ["websocket"]:
+            websocket.adopt(self.eio.sockets[eio_sid])
+        await super()._handle_eio_connect(eio_sid, environ)
+
     async def _handle_eio_disconnect(self, eio_sid: str, reason: str) -> None:
         # After a client's own CLOSE, engine.io leaves that client's pending long-poll waiting
         # for the ping timeout (45 s): a request and a task held for nothing, and a shutdown
@@ -236,49 +244,34 @@ class SocketServer(socketio.AsyncServer):  # type: ignore[misc]
 
 
 class WebSockets:
-    """The open WebSocket responses of one server."""
+    """The open WebSocket responses of one server, and the heartbeat that pings them."""
 
-    def __init__(self) -> None:
+    def __init__(self, heartbeat: websocket.Heartbeat) -> None:
         # A plain set, emptied by each handler as it ends (a WeakSet adds a weakref each).
         self._open: set[web.WebSocketResponse] = set()
+        self.heartbeat = heartbeat
 
     def __len__(self) -> int:
         return len(self._open)
 
-    def driver(self) -> type[engineio_aiohttp.WebSocket]:
-        """A subclass of engine.io's aiohttp WebSocket that registers here."""
+    def driver(self) -> type[Any]:
+        """engine.io's WebSocket driver for aiohttp, as engine.io uses it (`driver(handler,
+        server)`, then `await driver(environ)`), running the connection with server.websocket
+        instead of engine.io's tasks, and registering it here."""
         registry = self._open
+        heartbeat = self.heartbeat
 
-        class WebSocket(engineio_aiohttp.WebSocket):  # type: ignore[misc]
-            async def __call__(self, environ: dict[str, Any]) -> web.WebSocketResponse:
-                request = environ["aiohttp.request"]
-                # compress=False: permessage-deflate costs ~90 KB per connection (PLATFORM.md),
-                # and the Node server never offered it.
-                self._sock = web.WebSocketResponse(
-                    max_msg_size=self.server.max_http_buffer_size, compress=False
-                )
-                await self._sock.prepare(request)
-                registry.add(self._sock)
-                eio_socket = getattr(self.handler, "__self__", None)  # engine.io's socket
-                if eio_socket is not None and eio_socket.connected:
-                    # An upgrade from polling: Socket.IO keeps the handshake's environ, and
-                    # nothing reads this one again (it lives as long as the WebSocket).
-                    environ.clear()
-                try:
-                    self.environ = environ
-                    await self.handler(self)
-                finally:
-                    registry.discard(self._sock)
-                return self._sock
+        class WebSocket:
+            __slots__ = ("server", "socket")  # lives as long as the connection
 
-            async def wait(self) -> str | bytes | None:
-                # engine.io raises on an empty frame or an unknown packet type and logs a
-                # traceback each time: hang up on such a client instead (None = it closed).
-                message: str | bytes = await super().wait()
-                if isinstance(message, str) and (not message or message[0] not in "0123456"):
-                    log.info("Malformed Engine.IO packet %r: closing", message[:20])
-                    return None
-                return message
+            def __init__(self, handler: Any, server: Any) -> None:
+                self.socket = handler.__self__  # engine.io's socket
+                self.server = server
+
+            def __call__(self, environ: dict[str, Any]) -> Awaitable[web.WebSocketResponse]:
+                # A coroutine, not an async def of its own: one coroutine fewer per connection.
+                max_size = self.server.max_http_buffer_size
+                return websocket.serve(self.socket, environ, max_size, heartbeat, registry)
 
         return WebSocket
 
@@ -293,9 +286,14 @@ class WebSockets:
             )
 
 
-def install(sio: Any, websockets: WebSockets) -> None:
-    """Use the registering WebSocket class for this server only (the driver table is shared)."""
+def install(sio: Any, heartbeat: websocket.Heartbeat | None = None) -> WebSockets:
+    """Use the registering WebSocket class for this server only (the driver table is shared);
+    its heartbeat must run for the app's lifetime."""
+    if heartbeat is None:
+        heartbeat = websocket.Heartbeat(sio.eio.ping_interval, sio.eio.ping_timeout)
+    websockets = WebSockets(heartbeat)
     sio.eio._async = {**sio.eio._async, "websocket": websockets.driver()}
+    return websockets
 
 
 async def close_transports(sio: Any, websockets: WebSockets, flush_within: float = 1.0) -> None:

@@ -8,6 +8,8 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
 from server.app import create_app
@@ -182,3 +184,26 @@ async def test_each_app_counts_in_its_own_registry():
     )
     second_text = (await second[METRICS].render()).decode()
     assert value(parse(second_text), "alliswell_alerts_fired_total") == 0
+
+
+# The drain on shutdown records its deadline in the started app, which aiohttp deprecates.
+@pytest.mark.filterwarnings("ignore:Changing state of started:DeprecationWarning")
+async def test_a_request_that_fails_unexpectedly_counts_as_an_http_error():
+    app = create_app(Settings())
+
+    async def broken(request: web.Request) -> web.Response:
+        raise RuntimeError("bug")
+
+    app.router.add_get("/broken", broken)
+    server = TestServer(app)
+    await server.start_server()
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(server.make_url("/broken")) as response:
+                assert response.status == 500
+            async with http.get(server.make_url("/nowhere")) as response:
+                assert response.status == 404  # refused, not failed
+        samples = parse((await app[METRICS].render()).decode())
+        assert value(samples, "alliswell_errors_total", where="http") == 1
+    finally:
+        await server.close()

@@ -1,0 +1,309 @@
+"""Engine.IO over WebSocket without a task per connection.
+
+engine.io runs each WebSocket with a writer task, a reader that starts a task and an
+asyncio.wait_for per message, and a task sleeping until the next ping: with aiohttp's own two
+tasks, six tasks and their timers per idle connection (~8 KB of 28). Here the reader loop runs
+in aiohttp's handler task, packets are written to the socket as they are sent, and one
+heartbeat for all connections sends the pings and hangs up on the silent ones. What goes over
+the wire is unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import struct
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import WSMessage, WSMsgType, web
+from engineio import exceptions
+from engineio import packet as eio
+
+log = logging.getLogger(__name__)
+
+TEXT, BINARY = 0x1, 0x2
+
+
+def frame(data: str | bytes) -> bytes:
+    """One unmasked, uncompressed WebSocket frame (RFC 6455 5.2), as a server sends it."""
+    payload, opcode = (data.encode(), TEXT) if isinstance(data, str) else (data, BINARY)
+    size = len(payload)
+    if size < 126:
+        header = struct.pack("!BB", 0x80 | opcode, size)
+    elif size < 1 << 16:
+        header = struct.pack("!BBH", 0x80 | opcode, 126, size)
+    else:
+        header = struct.pack("!BBQ", 0x80 | opcode, 127, size)
+    return header + payload
+
+
+class Connection:
+    """An Engine.IO socket on a WebSocket: its outgoing queue, and its heartbeat's state.
+
+    It stands in for the socket's queue (engine.io sends by `await socket.queue.put(packet)`)
+    and writes each packet to the transport at once, in order, without waiting for the client
+    to read: as engine.io's unbounded queue did, a client that stops reading is hung up on by
+    the heartbeat, not by its writer.
+    """
+
+    __slots__ = ("heard", "ping_at", "slot", "socket", "transport", "ws")
+
+    def __init__(
+        self, socket: Any, ws: web.WebSocketResponse, transport: asyncio.Transport, now: float
+    ) -> None:
+        self.socket = socket
+        self.ws = ws
+        self.transport = transport
+        self.heard = now  # when the client last sent anything
+        self.ping_at: float | None = None  # when to ping; None while a ping awaits its pong
+        self.slot = 0  # where the heartbeat keeps it
+
+    @property
+    def open(self) -> bool:
+        return not self.ws.closed and not self.transport.is_closing()
+
+    def write(self, pkt: eio.Packet | None) -> None:
+        # None asks engine.io's writer to stop: the reader loop closes the WebSocket instead.
+        if pkt is not None and self.open:
+            self.transport.write(frame(pkt.encode()))
+
+    # The part of a queue that engine.io and server.transport use.
+    async def put(self, pkt: eio.Packet | None) -> None:
+        self.write(pkt)
+
+    def put_nowait(self, pkt: eio.Packet | None) -> None:
+        self.write(pkt)
+
+    def qsize(self) -> int:
+        return 0
+
+    def empty(self) -> bool:
+        return True
+
+    async def join(self) -> None:
+        return None
+
+
+class Heartbeat:
+    """Pings every WebSocket client `interval` s after its last pong, and hangs up on one
+    that sent nothing for `interval + timeout` s: engine.io's ping task and read timeout, for
+    all connections at once.
+
+    A timer wheel: each connection sits in the slot of the second it must next be looked at,
+    no later than its next ping or deadline, and is filed again when looked at. That is about
+    two visits per connection per ping interval, and nothing per connection in between.
+    """
+
+    def __init__(
+        self,
+        interval: float,
+        timeout: float,
+        *,
+        tick: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.interval = interval
+        self.limit = interval + timeout
+        self.tick = tick
+        self.clock = clock
+        self._slots: dict[int, set[Connection]] = {}
+        self._next = self._slot(clock())
+        self._closing: set[asyncio.Task[Any]] = set()
+
+    def __len__(self) -> int:
+        return sum(len(slot) for slot in self._slots.values())
+
+    def _slot(self, when: float) -> int:
+        return math.ceil(when / self.tick)
+
+    def _file(self, conn: Connection, when: float) -> None:
+        conn.slot = max(self._slot(when), self._next)
+        self._slots.setdefault(conn.slot, set()).add(conn)
+
+    def watch(self, conn: Connection, *, ping: bool) -> None:
+        """Start looking after `conn`; `ping`: now in charge of its pings (else engine.io's
+        ping task has one on the way, and the pong puts this heartbeat in charge)."""
+        now = self.clock()
+        conn.heard = now
+        conn.ping_at = now + self.interval if ping else None
+        self._file(conn, now + self.interval)
+
+    def forget(self, conn: Connection) -> None:
+        """Stop looking after `conn` (and holding it: it holds the whole connection)."""
+        slot = self._slots.get(conn.slot)
+        if slot is not None:
+            slot.discard(conn)
+            if not slot:
+                del self._slots[conn.slot]
+
+    def heard(self, conn: Connection, pkt_type: int) -> None:
+        """The client sent a packet: it is alive, and a pong schedules the next ping."""
+        now = conn.heard = self.clock()
+        # As engine.io's schedule_ping: only a pong to a ping of ours starts the next cycle.
+        if pkt_type == eio.PONG and conn.socket.last_ping:
+            conn.socket.last_ping = None
+            conn.ping_at = now + self.interval
+
+    def turn(self) -> None:
+        """Look at every connection whose slot is due."""
+        now = self.clock()
+        due = self._slot(now)
+        while self._next <= due:
+            slot = self._slots.pop(self._next, None)
+            self._next += 1
+            for conn in slot or ():
+                self._visit(conn, now)
+
+    def _visit(self, conn: Connection, now: float) -> None:
+        socket = conn.socket
+        if not conn.open:
+            return  # forgotten: its reader loop has ended or is ending
+        if now - conn.heard >= self.limit:
+            self._hang_up(conn)
+            return
+        if conn.ping_at is not None and now >= conn.ping_at:
+            conn.ping_at = None
+            if not socket.closing and not socket.closed:
+                socket.last_ping = time.time()  # engine.io's service task checks it
+                conn.write(eio.Packet(eio.PING))
+        # A later pong sets ping_at no earlier than now + interval: look again by then.
+        ping_at = conn.ping_at if conn.ping_at is not None else now + self.interval
+        self._file(conn, min(ping_at, conn.heard + self.limit))
+
+    def _hang_up(self, conn: Connection) -> None:
+        # As engine.io's read timeout: close the WebSocket; the reader loop then closes the
+        # Engine.IO socket ("transport close").
+        task = asyncio.get_running_loop().create_task(conn.ws.close())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def run(self) -> None:
+        """Turn the wheel every `tick` seconds, forever."""
+        while True:
+            await asyncio.sleep(self.tick)
+            try:
+                self.turn()
+            except Exception:
+                log.exception("Heartbeat failed")
+
+
+def packet_data(msg: WSMessage, max_size: int) -> str | bytes | None:
+    """The Engine.IO packet in a WebSocket message; None when the client closed, sent too
+    much or garbage.
+
+    engine.io raises on an empty frame or an unknown packet type and logs a traceback each
+    time: such a client is hung up on instead.
+    """
+    data = msg.data
+    if msg.type is WSMsgType.TEXT:
+        if not data or data[0] not in "0123456":
+            log.info("Malformed Engine.IO packet %r: closing", data[:20])
+            return None
+    elif msg.type is not WSMsgType.BINARY:
+        return None
+    if len(data) > max_size:
+        return None
+    return data  # type: ignore[no-any-return]
+
+
+async def _upgrade(socket: Any, ws: web.WebSocketResponse, max_size: int) -> bool:
+    """engine.io's upgrade of a polling session: probe, end the pending poll, UPGRADE."""
+    socket.upgrading = True  # engine.io holds back sends (they stay queued) until done
+    if packet_data(await ws.receive(), max_size) != "2probe":
+        log.debug("%s: failed WebSocket upgrade, no probe", socket.sid)
+        socket.upgrading = False
+        return False
+    await ws.send_str(eio.Packet(eio.PONG, data="probe").encode())
+    await socket.queue.put(eio.Packet(eio.NOOP))  # ends the pending poll
+    data = packet_data(await ws.receive(), max_size)
+    if not isinstance(data, str) or not data.startswith("5"):
+        log.debug("%s: failed WebSocket upgrade, no UPGRADE packet", socket.sid)
+        socket.upgrading = False
+        return False
+    socket.upgraded = True
+    socket.upgrading = False
+    return True
+
+
+async def serve(
+    socket: Any,
+    environ: dict[str, Any],
+    max_size: int,
+    heartbeat: Heartbeat,
+    registry: set[web.WebSocketResponse],
+) -> web.WebSocketResponse:
+    """Accept the WebSocket of `environ` and run the Engine.IO socket over it until either side
+    ends it: engine.io's aiohttp driver and AsyncSocket._websocket_handler in one coroutine
+    (every coroutine lives as long as the connection), in aiohttp's handler task."""
+    request = environ["aiohttp.request"]
+    # compress=False: permessage-deflate costs ~90 KB per connection (PLATFORM.md), and the
+    # Node server never offered it.
+    ws = web.WebSocketResponse(max_msg_size=max_size, compress=False)
+    try:
+        await ws.prepare(request)
+    except BaseException:
+        release(socket)
+        raise
+    registry.add(ws)
+    try:
+        upgrade = bool(socket.connected)
+        if upgrade:
+            # Socket.IO keeps the handshake's environ; nothing reads this one again.
+            environ.clear()
+            if not await _upgrade(socket, ws, max_size):
+                return ws
+        socket.connected = socket.upgraded = True
+        conn = Connection(socket, ws, request.transport, heartbeat.clock())
+        # What was queued during the upgrade goes first, then the WebSocket is the queue.
+        queued, socket.queue = socket.queue, conn
+        while not queued.empty():
+            pkt = queued.get_nowait()
+            conn.write(pkt)
+            queued.task_done()
+            if pkt is not None and pkt.packet_type == eio.OPEN:
+                pkt.data = None  # engine.io's connect handler holds its OPEN packet till the end
+        # A session that started on polling has engine.io's ping task on the way; its pong
+        # hands the pings over. One that started here was adopted before its first ping.
+        heartbeat.watch(conn, ping=not upgrade)
+        try:
+            while (data := packet_data(await ws.receive(), max_size)) is not None:
+                pkt = eio.Packet(encoded_packet=data)
+                heartbeat.heard(conn, pkt.packet_type)
+                if pkt.packet_type == eio.PONG:
+                    continue
+                try:
+                    await socket.receive(pkt)
+                except exceptions.UnknownPacketError:
+                    pass
+                except exceptions.SocketIsClosedError:
+                    break
+                except Exception:
+                    logging.getLogger("engineio.server").exception("Unknown receive error")
+                if pkt.packet_type == eio.CLOSE:
+                    break  # the client left: engine.io's writer would hang up now
+        finally:
+            heartbeat.forget(conn)
+            with contextlib.suppress(Exception):
+                await ws.close()
+            reason = socket.server.reason.TRANSPORT_CLOSE
+            await socket.close(wait=False, abort=True, reason=reason)
+    finally:
+        registry.discard(ws)
+    return ws
+
+
+def adopt(socket: Any) -> None:
+    """Take over the pings of a session that starts on WebSocket, before engine.io schedules
+    its ping task (engine.io only schedules one when a ping cycle has completed)."""
+    socket.last_ping = None
+
+
+def release(socket: Any) -> None:
+    """Undo `adopt` for a session whose WebSocket never opened: engine.io's service task
+    reaps it once its ping timeout has passed."""
+    if socket.last_ping is None:
+        socket.last_ping = time.time()
