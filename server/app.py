@@ -21,9 +21,10 @@ from .events import Events
 from .instances import Instances
 from .limits import AttemptLimiter
 from .metrics import Metrics
+from .persistence import RedisStore, connect
 from .relay import Relay
 from .settings import Settings
-from .store import MemoryStore, RedisStore, connect
+from .store import MemoryStore
 from .webhooks import Webhooks
 
 log = logging.getLogger(__name__)

@@ -17,8 +17,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from redis.exceptions import RedisError
 
+from .persistence import RedisPersistence
 from .relay import Relay
-from .store import MemoryStore, RedisPersistence
+from .store import MemoryStore
 
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 TRANSPORTS: Final = ("polling", "websocket")

@@ -11,7 +11,8 @@ from aiohttp.log import server_logger as server_log
 
 from . import __version__
 from .metrics import CONTENT_TYPE, Metrics
-from .store import MemoryStore, RedisPersistence
+from .persistence import RedisPersistence
+from .store import MemoryStore
 
 METRICS: Final = web.AppKey("metrics", Metrics)
 HEALTH_STORE: Final = web.AppKey("health_store", MemoryStore)

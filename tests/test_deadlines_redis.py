@@ -13,7 +13,7 @@ from server.alerts import Alerts
 from server.deadlines import RedisDeadlines
 from server.events import Events
 from server.models import Session
-from server.store import RedisStore, connect
+from server.persistence import RedisStore, connect
 from tests.support.fakes import START, FakeClock, FakeSocketIO
 
 MIN = 60_000

@@ -11,7 +11,8 @@ from redis import asyncio as aioredis
 
 from server import keys, rules
 from server.models import Session
-from server.store import MemoryStore, RedisStore, StoreUnavailable, connect, decode_record
+from server.persistence import RedisStore, connect
+from server.store import MemoryStore, StoreUnavailable, decode_record
 from tests.support.processes import RedisServer
 
 TOKEN = "ab" * 32

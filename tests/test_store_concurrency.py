@@ -21,7 +21,8 @@ from server import keys, rules
 from server.codes import Codes
 from server.instances import Instances
 from server.models import PendingCode, Session
-from server.store import RedisStore, connect, decode_record
+from server.persistence import RedisStore, connect
+from server.store import decode_record
 from tests.support.fakes import FakeClock
 
 NOW = 1_800_000_000_000
