@@ -34,8 +34,16 @@ SWEEP_SECONDS: Final = 30.0
 SIO: Final = web.AppKey("sio", socketio.AsyncServer)
 STORE: Final = web.AppKey("store", MemoryStore)
 WEBSOCKETS: Final = web.AppKey("websockets", transport.WebSockets)
-# When the drain that SIGTERM started must be over (time.monotonic()).
-DRAIN_DEADLINE: Final = web.AppKey("drain_deadline", float)
+
+
+class Drain:
+    """When the drain that SIGTERM started must be over (time.monotonic()); None before it.
+    An object of its own: a started app's state must not change (aiohttp warns)."""
+
+    deadline: float | None = None
+
+
+DRAIN: Final = web.AppKey("drain", Drain)
 
 # Shares of SHUTDOWN_TIMEOUT: the client events in flight may take 40% of it, aiohttp's wait
 # for the HTTP requests still open 2 x 15% (it waits, then cancels and waits again; after the
@@ -158,6 +166,7 @@ def create_app(settings: Settings, clock: Clock = wall_ms) -> web.Application:
     app.cleanup_ctx.append(_background("pings", websockets.heartbeat.run))
     if webhooks is not None:
         app.cleanup_ctx.append(_background("webhooks", webhooks.run))
+    app[DRAIN] = Drain()
     app.on_shutdown.append(_drain(events, settings.shutdown_timeout))
     return app
 
@@ -191,7 +200,7 @@ def _drain(events: Events, budget: float) -> Callable[[web.Application], Awaitab
 
     async def drain(app: web.Application) -> None:
         started = time.monotonic()
-        app[DRAIN_DEADLINE] = started + budget
+        deadline = app[DRAIN].deadline = started + budget
         unfinished = await events.finish_in_flight(budget * EVENTS_SHARE)
         if unfinished:
             log.warning("Shutting down with %d client events unfinished", unfinished)
@@ -199,7 +208,7 @@ def _drain(events: Events, budget: float) -> Callable[[web.Application], Awaitab
         log.info("Shutting down: closing %d connections", open_sockets)
         events.draining = True
         try:
-            async with asyncio.timeout(max(app[DRAIN_DEADLINE] - time.monotonic(), 0.1)):
+            async with asyncio.timeout(max(deadline - time.monotonic(), 0.1)):
                 await transport.close_transports(app[SIO], app[WEBSOCKETS])
         except TimeoutError:
             log.error("SHUTDOWN_TIMEOUT reached while closing connections")
@@ -212,7 +221,7 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
     store = app[STORE]
     await store.start()
     yield
-    deadline = app.get(DRAIN_DEADLINE)
+    deadline = app[DRAIN].deadline
     if deadline is None:
         await store.close()
         return

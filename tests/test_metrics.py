@@ -186,8 +186,6 @@ async def test_each_app_counts_in_its_own_registry():
     assert value(parse(second_text), "alliswell_alerts_fired_total") == 0
 
 
-# The drain on shutdown records its deadline in the started app, which aiohttp deprecates.
-@pytest.mark.filterwarnings("ignore:Changing state of started:DeprecationWarning")
 async def test_a_request_that_fails_unexpectedly_counts_as_an_http_error():
     app = create_app(Settings())
 
