@@ -50,6 +50,8 @@ class Instances:
         self._redis = redis
         self._alive: frozenset[str] = frozenset({self.id})
         self._last_seen: dict[str, int] = {}
+        self._last_beat = 0  # when this instance last wrote its heartbeat
+        self._grace_until = 0  # nobody is declared dead before then
 
     @property
     def others(self) -> bool:
@@ -86,6 +88,14 @@ class Instances:
             for name, score in replies[2]
         }
         alive = frozenset(name for name, at in seen.items() if at > now - ALIVE_MS) | {self.id}
+        if self._last_beat and now - self._last_beat > ALIVE_MS:
+            # This instance could not write its heartbeat for a while (Redis away, or a stall):
+            # the others may not have either. They get one full period to beat again before
+            # their sockets stop counting.
+            self._grace_until = now + ALIVE_MS
+        if now < self._grace_until:
+            alive |= self._alive & seen.keys()  # not those that left cleanly
+        self._last_beat = now
         for gone in self._alive - alive:
             log.warning("Instance %s stopped sending heartbeats: its sockets no longer count", gone)
         for came in alive - self._alive:
