@@ -50,7 +50,8 @@ def _unchanged(session: Session) -> tuple[Session, None]:
 
 class _Op(Generic[T]):
     """One change to a session: kept until it is in Redis, to be made again on a newer record
-    if another instance changed the session first."""
+    if another instance changed the session first. So a change must be a pure function of the
+    record that gives the same record when made twice (every rule in rules.py does)."""
 
     __slots__ = ("change", "create", "done", "result", "session")
 
