@@ -336,7 +336,6 @@ LIBRARIES = (
 PURPOSES = (
     ("Redis writes and reads (store)", ("RedisPersistence.", "redis/")),
     ("emits: socket.io manager + engine.io send", ("AsyncServer.emit", "AsyncManager.emit")),
-    ("engine.io WebSocket writer task", ("_websocket_handler.<locals>.writer",)),
     ("our handlers, besides the above", ("server/events.py", "server/store.py")),
     ("packet receive + decode + dispatch", ("engineio/", "socketio/", "server/transport.py")),
     ("aiohttp WebSocket frame reading", ("aiohttp/",)),
