@@ -89,7 +89,7 @@ class Shared(NamedTuple):
 def build_shared(settings: Settings, clock: Clock) -> Shared:
     """Sessions, codes, attempt counts, heartbeats and delivery: one Redis client for all."""
     limit = settings.code_attempts_per_minute
-    grace_ms = round(settings.code_grace_seconds * 1000)
+    grace_ms = settings.code_grace_ms
     if settings.redis_url is None:
         instances = Instances(clock)
         codes = Codes(clock, instances, grace_ms)
@@ -140,7 +140,7 @@ def create_app(settings: Settings, clock: Clock = wall_ms) -> web.Application:
         sio,
         store,
         clock,
-        code_grace_ms=round(settings.code_grace_seconds * 1000),
+        code_grace_ms=settings.code_grace_ms,
         limiter=shared.limiter,
         trust_proxy=settings.trust_proxy,
         metrics=metrics,

@@ -70,7 +70,7 @@ class Codes:
         redis: aioredis.Redis | None = None,
         available: Callable[[], bool] = lambda: False,
     ) -> None:
-        self.local = CodeBook()
+        self._local = CodeBook()
         self._clock = clock
         self._instances = instances
         self._grace_ms = grace_ms
@@ -80,21 +80,18 @@ class Codes:
         # Codes in Redis owned by this instance's sockets, to release when they leave.
         self._owned: dict[str, set[str]] = {}
 
-    def __len__(self) -> int:
-        return len(self.local) + sum(len(codes) for codes in self._owned.values())
-
     def _shared(self, code: str) -> bool:
-        return self._redis is not None and self._available() and self.local.get(code) is None
+        return self._redis is not None and self._available() and self._local.get(code) is None
 
     async def get(self, code: str) -> Seen:
         if not self._shared(code):
-            return Seen(code, self.local.get(code), local=True)
+            return Seen(code, self._local.get(code), local=True)
         assert self._redis is not None
         try:
             raw = await self._redis.get(keys.code(code))
         except (RedisError, OSError) as exc:
             log.warning("Code lookup in Redis failed (%s): this instance's codes only", exc)
-            return Seen(code, self.local.get(code), local=True)
+            return Seen(code, self._local.get(code), local=True)
         if raw is None:
             return Seen(code, None)
         raw = raw if isinstance(raw, bytes) else raw.encode()
@@ -121,12 +118,12 @@ class Codes:
 
     async def _swap_entry(self, seen: Seen, entry: PendingCode | None) -> Seen | None:
         if seen.local:
-            if self.local.get(seen.code) is not seen.entry:
+            if self._local.get(seen.code) is not seen.entry:
                 return None
             if entry is None:
-                self.local.delete(seen.code)
+                self._local.delete(seen.code)
             else:
-                self.local.put(entry)
+                self._local.put(entry)
             return Seen(seen.code, entry, local=True)
         assert self._swap is not None
         raw = _encode(entry) if entry is not None else b""
@@ -169,7 +166,7 @@ class Codes:
 
     async def for_token(self, token: str) -> Seen | None:
         """The paired code of a session, if it is still there."""
-        entry = self.local.for_token(token)
+        entry = self._local.for_token(token)
         if entry is not None:
             return Seen(entry.code, entry, local=True)
         if self._redis is None or not self._available():
@@ -186,8 +183,8 @@ class Codes:
     async def release(self, sid: str, now: int) -> list[PendingCode]:
         """The socket is gone: its codes keep their state but no longer have an owner. Returns
         the codes it owned (a paired one names a session it was the tracked socket of)."""
-        owned = self.local.owned_by(sid)
-        self.local.release(sid, now)
+        owned = self._local.owned_by(sid)
+        self._local.release(sid, now)
         for code in list(self._owned.get(sid, ())):
             for _ in range(3):
                 seen = await self.get(code)
@@ -202,4 +199,4 @@ class Codes:
 
     def sweep(self, now: int, grace_ms: int) -> int:
         """Forget this process's expired codes (Redis expires its own)."""
-        return self.local.sweep(now, grace_ms)
+        return self._local.sweep(now, grace_ms)

@@ -141,11 +141,16 @@ class Events:
     # --- pairing -----------------------------------------------------------------------------
 
     async def register_code(self, sid: str, args: tuple[Any, ...]) -> None:
-        code = payloads.code(args)
+        await self._settle("registerCode", self._register, sid, payloads.code(args))
+
+    async def _settle(
+        self, event: str, attempt: Callable[[str, str], Awaitable[bool]], sid: str, code: str
+    ) -> None:
+        """Try a pairing event until no other event (on any instance) changed its code under it."""
         for _ in range(CODE_RACE_ATTEMPTS):
-            if await self._register(sid, code):
+            if await attempt(sid, code):
                 return
-        log.warning("registerCode from %s: the code kept changing under it", sid)
+        log.warning("%s from %s: the code kept changing under it", event, sid)
         await self._error(sid, errors.STORAGE_UNAVAILABLE)
 
     async def _register(self, sid: str, code: str) -> bool:
@@ -187,11 +192,7 @@ class Events:
         if await self.limiter.blocked(self._address(sid)):
             await self._error(sid, errors.TOO_MANY_ATTEMPTS)
             return
-        for _ in range(CODE_RACE_ATTEMPTS):
-            if await self._track(sid, code):
-                return
-        log.warning("trackCode from %s: the code kept changing under it", sid)
-        await self._error(sid, errors.STORAGE_UNAVAILABLE)
+        await self._settle("trackCode", self._track, sid, code)
 
     async def _track(self, sid: str, code: str) -> bool:
         """One try at trackCode; False if another event changed the code meanwhile."""

@@ -136,9 +136,8 @@ class RedisPersistence(_StoreBase):
 
     async def start(self) -> None:
         try:
-            await self._redis.ping()
-        except (RedisError, OSError) as exc:
-            self._lost(exc)
+            await self.ping()
+        except (RedisError, OSError):
             return
         self.available = True
         log.info("Redis connected successfully")

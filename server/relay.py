@@ -39,12 +39,10 @@ class Relay(socketio.AsyncRedisManager):  # type: ignore[misc]
     def __init__(self, redis: aioredis.Redis, instances: Instances) -> None:
         super().__init__(channel=keys.RELAY_CHANNEL, json=jsonlib)
         self.redis = redis
-        self.connected = True
         self.instances = instances
         self.host_id = instances.id
         self.published = 0  # for /metrics
         self.failures = 0
-        self.received = 0
         self._failing = False
         self._closing = False
 
@@ -96,7 +94,6 @@ class Relay(socketio.AsyncRedisManager):  # type: ignore[misc]
 
     async def _handle_emit(self, message: dict[str, Any]) -> None:
         """An event from another instance, for this instance's sockets."""
-        self.received += 1
         data = message.get("data")
         if not isinstance(data, list) or not isinstance(message.get("event"), str):
             return

@@ -31,6 +31,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     code_attempts_per_minute: int = 10
     shutdown_timeout: float = 10.0  # SIGTERM to exit, at most
 
+    @property
+    def code_grace_ms(self) -> int:
+        return round(self.code_grace_seconds * 1000)
+
 
 def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
     raw = env.get(name, "").strip()
