@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from redis import asyncio as aioredis
 
+from server.persistence import connect
 from tests.support.nodeclient import NODE_DIR, NodeDriver
 from tests.support.processes import RedisServer, ServerProcess
 
@@ -94,6 +96,23 @@ def redis_url(shared_redis: RedisServer) -> str:
         shared_redis.start()
     shared_redis.flushall()
     return shared_redis.url
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    """A client of the shared Redis that reads what the server wrote, as strings."""
+    client = aioredis.from_url(redis_url, decode_responses=True)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def server_redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    """A client of the shared Redis made as the server makes its own (bytes, blocking pool),
+    for the server's Redis classes used directly."""
+    client = connect(redis_url, timeout=2, max_connections=8)
+    yield client
+    await client.aclose()
 
 
 # -------------------------------------------------------------------------- Server

@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 
 import pytest
-import redis.asyncio as aioredis
 
+from tests.support.checkins import stored_record
 from tests.support.flows import (
     SESSION_TTL_S,
     check_in,
@@ -37,26 +36,13 @@ NODE_FIELDS = {
 
 
 @pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.from_url(redis_url, decode_responses=True)
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
 async def redis_backed_server(start_server, redis_url):
     return await start_server(redis_url=redis_url)
 
 
-async def stored(redis: aioredis.Redis, token: str) -> dict:
-    raw = await redis.get(f"session:{token}")
-    assert raw is not None, f"no session:{token} in Redis; keys: {await redis.keys('*')}"
-    return json.loads(raw)
-
-
 async def eventually_stored(redis, token, predicate) -> dict:
     """The record once ``predicate(record)`` holds (the server saves asynchronously)."""
-    return await eventually(lambda: stored(redis, token), predicate)
+    return await eventually(lambda: stored_record(redis, token), predicate)
 
 
 async def test_a_session_survives_a_server_restart(redis_backed_server, node, transport, redis):

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
-import pytest
 from redis import asyncio as aioredis
 
 from server import keys, rules
@@ -13,17 +11,10 @@ from server.alerts import Alerts
 from server.deadlines import RedisDeadlines
 from server.events import Events
 from server.models import Session
-from server.persistence import RedisStore, connect
+from server.persistence import RedisStore
 from tests.support.fakes import START, FakeClock, FakeSocketIO
 
 MIN = 60_000
-
-
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = connect(redis_url, timeout=2, max_connections=8)
-    yield client
-    await client.aclose()
 
 
 def armed(alert_end: int) -> Session:
@@ -38,25 +29,27 @@ def armed(alert_end: int) -> Session:
 
 
 async def test_deadlines_are_written_with_the_record_and_follow_it(
-    redis: aioredis.Redis,
+    server_redis: aioredis.Redis,
 ) -> None:
-    store = RedisStore(FakeClock(), redis)
+    store = RedisStore(FakeClock(), server_redis)
     await store.start()
     token = "ab" * 32
     await store.create(token, armed(START + 2 * MIN))
-    scores = dict(await redis.zrange(keys.DEADLINES, 0, -1, withscores=True))
+    scores = dict(await server_redis.zrange(keys.DEADLINES, 0, -1, withscores=True))
     assert scores == {
         f"alert:{token}".encode(): START + 2 * MIN,
         f"reminder:{token}".encode(): START + MIN,
     }
     await store.update(token, lambda s: rules.fire_alert(s, START + 2 * MIN))
-    assert await redis.zcard(keys.DEADLINES) == 0  # pending: nothing left to wake up for
+    assert await server_redis.zcard(keys.DEADLINES) == 0  # pending: nothing left to wake up for
 
 
-async def test_each_deadline_is_claimed_by_exactly_one_instance(redis: aioredis.Redis) -> None:
+async def test_each_deadline_is_claimed_by_exactly_one_instance(
+    server_redis: aioredis.Redis,
+) -> None:
     due = {f"alert:{n:064x}": START + n for n in range(2_000)}
-    await redis.zadd(keys.DEADLINES, due)
-    instances = [RedisDeadlines(redis) for _ in range(4)]
+    await server_redis.zadd(keys.DEADLINES, due)
+    instances = [RedisDeadlines(server_redis) for _ in range(4)]
 
     async def drain(deadlines: RedisDeadlines) -> list[tuple[str, str, int]]:
         got = []
@@ -74,11 +67,11 @@ async def test_each_deadline_is_claimed_by_exactly_one_instance(redis: aioredis.
 
 
 async def test_a_claim_whose_instance_died_is_taken_over_after_the_lease(
-    redis: aioredis.Redis,
+    server_redis: aioredis.Redis,
 ) -> None:
-    await redis.zadd(keys.DEADLINES, {"alert:" + "cd" * 32: START})
-    crashed = RedisDeadlines(redis, lease_ms=30_000)
-    survivor = RedisDeadlines(redis, lease_ms=30_000)
+    await server_redis.zadd(keys.DEADLINES, {"alert:" + "cd" * 32: START})
+    crashed = RedisDeadlines(server_redis, lease_ms=30_000)
+    survivor = RedisDeadlines(server_redis, lease_ms=30_000)
     assert await crashed.claim(START, 10) == [("alert", "cd" * 32, START)]
     assert await survivor.claim(START + 29_999, 10) == []  # still leased
     taken = await survivor.claim(START + 30_000, 10)
@@ -88,16 +81,16 @@ async def test_a_claim_whose_instance_died_is_taken_over_after_the_lease(
 
 
 async def test_overdue_alerts_fire_after_a_restart_with_their_real_due_time(
-    redis: aioredis.Redis,
+    server_redis: aioredis.Redis,
 ) -> None:
     token = "ef" * 32
-    before = RedisStore(FakeClock(), redis)
+    before = RedisStore(FakeClock(), server_redis)
     await before.start()
     await before.create(token, armed(START + 2 * MIN))
     # A new process, ten minutes later, that has never seen the session.
     clock = FakeClock(START + 10 * MIN)
     sio = FakeSocketIO()
-    store = RedisStore(clock, redis)
+    store = RedisStore(clock, server_redis)
     await store.start()
     events = Events(sio, store, clock, code_grace_ms=MIN)  # type: ignore[arg-type]
     await sio.enter_room("tracker", f"trackers:{token}")
@@ -107,5 +100,5 @@ async def test_overdue_alerts_fire_after_a_restart_with_their_real_due_time(
     ]
     stored = await store.load(token)
     assert stored is not None and stored.pending_alert == START + 2 * MIN
-    assert await redis.zcard(keys.DEADLINES) == 0
-    assert await redis.zcard(keys.DEADLINE_LEASES) == 0
+    assert await server_redis.zcard(keys.DEADLINES) == 0
+    assert await server_redis.zcard(keys.DEADLINE_LEASES) == 0

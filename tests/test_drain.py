@@ -7,7 +7,6 @@ import asyncio
 import signal
 import socket
 import time
-from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
@@ -26,13 +25,6 @@ from tests.support.nodeclient import NodeDriver
 from tests.support.processes import RedisServer, ServerProcess
 
 SHUTDOWN_TIMEOUT = 5.0
-
-
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.from_url(redis_url, decode_responses=True)
-    yield client
-    await client.aclose()
 
 
 async def terminate(server: ServerProcess) -> tuple[int, float]:

@@ -25,11 +25,10 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-import aiohttp
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.flows import expect_error, new_code, only, pair, unknown_token
+from tests.support.flows import expect_error, instance_of, new_code, only, pair, unknown_token
+from tests.support.metrics import scrape, total
 from tests.support.nodeclient import ConnectError, NodeClient, NodeDriver
 from tests.support.processes import REPO_ROOT, ServerProcess, free_port, http_status
 
@@ -182,17 +181,7 @@ def sid_of(uri: str) -> str | None:
 
 async def connections(server: ServerProcess) -> int:
     """Open Engine.IO connections of one process, from its /metrics."""
-    async with aiohttp.ClientSession() as http, http.get(f"{server.url}/metrics") as response:
-        assert response.status == 200
-        text = await response.text()
-    return int(
-        sum(
-            sample.value
-            for family in text_string_to_metric_families(text)
-            for sample in family.samples
-            if sample.name == "alliswell_connections"
-        )
-    )
+    return int(total(await scrape(server.url), "alliswell_connections"))
 
 
 async def exchange(client: NodeClient) -> None:
@@ -276,12 +265,6 @@ async def test_polling_first_clients_stick_to_one_process_each(
     assert len({next(iter(names)) for names in by_sid.values()}) >= 2
     upgrades = [uri for _, status, uri in requests if status == 101 and sid_of(uri)]
     assert len(upgrades) >= UPGRADING, upgrades
-
-
-def instance_of(client: NodeClient) -> str:
-    """The server instance a client is connected to: every socket id starts with it."""
-    assert client.sid is not None and "." in client.sid, client.sid
-    return client.sid.split(".", 1)[0]
 
 
 async def test_polling_first_apps_pair_and_hear_each_other_across_processes(

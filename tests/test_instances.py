@@ -11,25 +11,25 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-import aiohttp
 import pytest
 import redis.asyncio as aioredis
-from prometheus_client.parser import text_string_to_metric_families
 
+from tests.support.checkins import stored_record
 from tests.support.flows import (
     TOKEN_RE,
     check_in,
     eventually,
+    instance_of,
     new_code,
     now_ms,
     only,
     register,
     rejoin_as_tracker,
 )
+from tests.support.metrics import scrape, value
 from tests.support.nodeclient import NodeClient, NodeDriver
 from tests.support.processes import ServerProcess
 
@@ -44,13 +44,6 @@ Cluster = Callable[[int], Awaitable[list[ServerProcess]]]
 
 
 # ---------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.from_url(redis_url, decode_responses=True)
-    yield client
-    await client.aclose()
 
 
 @pytest.fixture
@@ -74,23 +67,7 @@ def cluster(start_server: StartServer, redis_url: str) -> Cluster:
 
 async def instances_alive(server: ServerProcess) -> int:
     """How many instances `server` counts alive, itself included (its /metrics)."""
-    async with aiohttp.ClientSession() as http, http.get(f"{server.url}/metrics") as response:
-        assert response.status == 200
-        text = await response.text()
-    return int(
-        sum(
-            sample.value
-            for family in text_string_to_metric_families(text)
-            for sample in family.samples
-            if sample.name == "alliswell_instances_alive"
-        )
-    )
-
-
-def instance_of(client: NodeClient) -> str:
-    """The instance that made the client's socket id (`<instance>.<random>`)."""
-    assert client.sid is not None and "." in client.sid, client
-    return client.sid.split(".", 1)[0]
+    return int(value(await scrape(server.url), "alliswell_instances_alive"))
 
 
 def sids(*clients: NodeClient) -> list[str]:
@@ -98,14 +75,6 @@ def sids(*clients: NodeClient) -> list[str]:
     ids = [client.sid for client in clients]
     assert all(ids), clients
     return sorted(sid for sid in ids if sid is not None)
-
-
-async def stored(redis: aioredis.Redis, token: str) -> dict[str, Any]:
-    """The session record as Redis holds it (the Node server's JSON field names)."""
-    raw = await redis.get(f"session:{token}")
-    assert raw is not None, f"no record for session {token}"
-    record: dict[str, Any] = json.loads(raw)
-    return record
 
 
 async def first_answer(client: NodeClient, within: float = 5.0) -> tuple[str, list[Any]]:
@@ -195,7 +164,7 @@ async def test_trackers_on_every_instance_hear_that_the_tracked_person_dropped(
     for tracker in trackers:
         assert await tracker.expect("trackedPersonDisconnected") == []
         await tracker.expect_none("trackedPersonDisconnected", within=0.3)
-    record = await stored(redis, token)
+    record = await stored_record(redis, token)
     assert record["trackedSocketId"] is None
     assert sorted(record["trackerSocketIds"]) == sids(*trackers)
 
@@ -241,7 +210,7 @@ async def test_trackers_racing_for_a_fresh_code_on_two_instances_join_one_sessio
         assert started == [{"sessionToken": token}] * 2
         for _ in range(2):
             assert only(await tracked.expect("trackerConnected")) == {"sessionToken": token}
-        record = await stored(redis, token)
+        record = await stored_record(redis, token)
         assert record["trackedSocketId"] == tracked.sid
         assert sorted(record["trackerSocketIds"]) == sids(first, second)
         tokens.append(token)
@@ -292,13 +261,13 @@ async def test_the_sockets_of_a_crashed_instance_stop_counting(
         await eventually(
             functools.partial(instances_alive, server), lambda n: n == 2, within=ALIVE_S + 3
         )
-    assert sorted((await stored(redis, token))["trackerSocketIds"]) == sids(on_b, on_c)
+    assert sorted((await stored_record(redis, token))["trackerSocketIds"]) == sids(on_b, on_c)
 
     await on_b.kill_transport()
 
     # C's tracker is not connected whatever the record said: B's was the last one.
     assert await tracked.expect("trackerDisconnected") == []
-    record = await stored(redis, token)
+    record = await stored_record(redis, token)
     assert record["trackedSocketId"] == tracked.sid
     assert record["trackerSocketIds"] == []
     # The session goes on: a tracker that comes back hears the check-ins.
@@ -372,11 +341,11 @@ async def test_a_session_is_served_by_another_instance_after_a_clean_stop(
     token = await track_on(tracked, tracker, code)
     await check_in(tracked, token)
     await tracker.expect("checkInReceived")
-    assert (await stored(redis, token))["trackedSocketId"] == tracked.sid
+    assert (await stored_record(redis, token))["trackedSocketId"] == tracked.sid
 
     assert await asyncio.to_thread(a.stop) == 0  # SIGTERM: drains, then exits
     assert await tracked.wait_disconnect() == "transport close"
-    assert (await stored(redis, token))["trackedSocketId"] is None
+    assert (await stored_record(redis, token))["trackedSocketId"] is None
     # A clean stop leaves the live set at once: only B's heartbeat is left.
     assert await redis.zrange("instances", 0, -1) == [instance_of(tracker)]
 
@@ -391,7 +360,7 @@ async def test_a_session_is_served_by_another_instance_after_a_clean_stop(
         "sessionToken": token,
         "timestamp": confirmed,
     }
-    record = await stored(redis, token)
+    record = await stored_record(redis, token)
     assert record["trackedSocketId"] == back.sid
     assert instance_of(back) == instance_of(tracker) != instance_of(tracked)
     assert record["trackerSocketIds"] == [tracker.sid]

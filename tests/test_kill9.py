@@ -18,9 +18,9 @@ from tests.support.checkins import (
     lost_confirmations,
 )
 from tests.support.flows import eventually
+from tests.support.metrics import scrape, value
 from tests.support.nodeclient import NodeClient, NodeDriver
 from tests.support.processes import RedisServer
-from tests.test_metrics import scrape, value
 
 
 @pytest.mark.parametrize("stalled", [False, True], ids=["redis-fast", "redis-stalled"])

@@ -10,7 +10,6 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from prometheus_client.parser import text_string_to_metric_families
 
 from server.app import create_app
 from server.events import Events
@@ -19,29 +18,9 @@ from server.ops import METRICS
 from server.settings import Settings
 from server.store import MemoryStore
 from tests.support.flows import check_in, eventually, pair, unknown_token
+from tests.support.metrics import parse, scrape, value
 
 RECOVERY_WITHIN_S = 8.0
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def parse(text: str) -> Samples:
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    return samples.get((name, frozenset(labels.items())), 0.0)
-
-
-async def scrape(url: str) -> Samples:
-    async with aiohttp.ClientSession() as http, http.get(f"{url}/metrics") as response:
-        assert response.status == 200
-        assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
-        return parse(await response.text())
 
 
 async def test_metrics_start_at_zero_and_name_every_family(server):

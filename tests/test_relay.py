@@ -15,9 +15,9 @@ import pytest
 import redis
 
 from tests.support.flows import check_in, eventually, only, register
+from tests.support.metrics import scrape, value
 from tests.support.nodeclient import NodeClient, NodeDriver
 from tests.support.processes import RedisServer, ServerProcess
-from tests.test_metrics import scrape, value
 
 HEARTBEATS_SEEN_S = 1.5  # instances refresh who is alive every second
 

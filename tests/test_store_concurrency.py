@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import random
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -21,9 +21,9 @@ from server import keys, rules
 from server.codes import Codes
 from server.instances import Instances
 from server.models import PendingCode, Session
-from server.persistence import RedisStore, connect
+from server.persistence import RedisStore
 from server.store import decode_record
-from tests.support.fakes import FakeClock
+from tests.support.fakes import FakeClock, beat_alone
 
 NOW = 1_800_000_000_000
 
@@ -42,25 +42,24 @@ NAIVE = pytest.param(
 )
 
 
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = connect(redis_url, timeout=2, max_connections=8)
-    yield client
-    await client.aclose()
-
-
-async def two_instances(
-    redis: aioredis.Redis, store_class: StoreClass
-) -> tuple[RedisStore, RedisStore]:
-    """Two stores that see each other alive (each sees the other's sockets as connected)."""
+async def one_session_on_two_instances(
+    server_redis: aioredis.Redis,
+    store_class: StoreClass,
+    session: Callable[[RedisStore], Session] = lambda a: Session(),
+) -> tuple[RedisStore, RedisStore, str]:
+    """Two stores that see each other alive (each sees the other's sockets as connected), and a
+    session created on A that B holds too (soon out of date)."""
     clock = FakeClock()
-    a = store_class(clock, redis, Instances(clock, redis))
-    b = store_class(clock, redis, Instances(clock, redis))
+    a = store_class(clock, server_redis, Instances(clock, server_redis))
+    b = store_class(clock, server_redis, Instances(clock, server_redis))
     for store in (a, b, a):
         await store.instances.beat()
         await store.start()
     assert a.instances.others and b.instances.others
-    return a, b
+    token = secrets.token_hex(32)
+    await a.create(token, session(a))
+    assert await b.load(token) is not None
+    return a, b, token
 
 
 def sid(store: RedisStore, name: str) -> str:
@@ -71,41 +70,37 @@ def joining(socket: str) -> Callable[[Session], tuple[Session, None]]:
     return lambda session: (rules.with_tracker(session, socket), None)
 
 
-async def stored(redis: aioredis.Redis, token: str) -> Session:
-    raw = await redis.get(keys.session(token))
+async def stored(server_redis: aioredis.Redis, token: str) -> Session:
+    raw = await server_redis.get(keys.session(token))
     assert raw is not None
     return decode_record(raw)
 
 
 @pytest.mark.parametrize("store_class", [RedisStore, NAIVE])
 async def test_two_trackers_joining_on_two_instances_are_both_kept(
-    redis: aioredis.Redis, store_class: StoreClass
+    server_redis: aioredis.Redis, store_class: StoreClass
 ) -> None:
-    a, b = await two_instances(redis, store_class)
-    token = secrets.token_hex(32)
-    await a.create(token, Session(tracked_socket_id=sid(a, "tracked")))
-    assert await b.load(token) is not None  # B now holds the record, soon out of date
+    a, b, token = await one_session_on_two_instances(
+        server_redis, store_class, lambda a: Session(tracked_socket_id=sid(a, "tracked"))
+    )
     await a.update(token, joining(sid(a, "one")))
     result = await b.update(token, joining(sid(b, "two")))
     assert result is not None
     expected = {sid(a, "one"), sid(b, "two")}
-    assert set((await stored(redis, token)).tracker_socket_ids) == expected
+    assert set((await stored(server_redis, token)).tracker_socket_ids) == expected
     assert set(result[0].tracker_socket_ids) == expected  # what B answered with
 
 
 @pytest.mark.parametrize("store_class", [RedisStore, NAIVE])
 async def test_a_check_in_racing_set_timers_on_another_instance_keeps_both(
-    redis: aioredis.Redis, store_class: StoreClass
+    server_redis: aioredis.Redis, store_class: StoreClass
 ) -> None:
-    a, b = await two_instances(redis, store_class)
-    token = secrets.token_hex(32)
-    await a.create(token, Session())
-    await b.load(token)
+    a, b, token = await one_session_on_two_instances(server_redis, store_class)
     await asyncio.gather(
         a.update(token, lambda s: (rules.check_in(s, NOW), None)),
         b.update(token, lambda s: (rules.set_timers(s, 30, 60, NOW - 5), None)),
     )
-    record = await stored(redis, token)
+    record = await stored(server_redis, token)
     assert record.last_check_in == NOW
     assert (record.reminder_time_minutes, record.alert_time_minutes) == (30, 60)
     # Both instances answer from the newest record from now on.
@@ -116,24 +111,18 @@ async def test_a_check_in_racing_set_timers_on_another_instance_keeps_both(
 
 @pytest.mark.parametrize("store_class", [RedisStore, NAIVE])
 async def test_a_read_on_a_stale_instance_sees_the_newer_record(
-    redis: aioredis.Redis, store_class: StoreClass
+    server_redis: aioredis.Redis, store_class: StoreClass
 ) -> None:
-    a, b = await two_instances(redis, store_class)
-    token = secrets.token_hex(32)
-    await a.create(token, Session())
-    await b.load(token)
+    a, b, token = await one_session_on_two_instances(server_redis, store_class)
     await a.update(token, lambda s: (rules.check_in(s, NOW), None))
     seen = await b.update(token, lambda s: (s, s.last_check_in))  # getStatus changes nothing
     assert seen is not None and seen[1] == NOW
 
 
 async def test_many_concurrent_changes_from_two_instances_are_all_kept(
-    redis: aioredis.Redis,
+    server_redis: aioredis.Redis,
 ) -> None:
-    a, b = await two_instances(redis, RedisStore)
-    token = secrets.token_hex(32)
-    await a.create(token, Session())
-    await b.load(token)
+    a, b, token = await one_session_on_two_instances(server_redis, RedisStore)
     joins = [
         store.update(token, joining(sid(store, f"t{i}"))) for i in range(40) for store in (a, b)
     ]
@@ -145,7 +134,7 @@ async def test_many_concurrent_changes_from_two_instances_are_all_kept(
     order = list(range(len(changes)))
     random.Random(7).shuffle(order)
     await asyncio.gather(*(changes[i] for i in order))
-    record = await stored(redis, token)
+    record = await stored(server_redis, token)
     expected = {sid(store, f"t{i}") for i in range(40) for store in (a, b)}
     assert set(record.tracker_socket_ids) == expected
     assert len(record.tracker_socket_ids) == len(expected)
@@ -153,14 +142,14 @@ async def test_many_concurrent_changes_from_two_instances_are_all_kept(
     assert a.conflicts + b.conflicts > 0  # the race really happened
 
 
-async def test_sockets_of_a_dead_instance_stop_counting(redis: aioredis.Redis) -> None:
-    a, b = await two_instances(redis, RedisStore)
-    token = secrets.token_hex(32)
-    await a.create(token, Session(tracked_socket_id=sid(a, "t"), tracker_socket_ids=(sid(a, "x"),)))
-    assert await b.load(token) == await stored(redis, token)
-    for _ in range(6):  # B beats every second; A sends no heartbeats
-        b.instances._clock.now += 1_000  # type: ignore[attr-defined]
-        await b.instances.beat()
+async def test_sockets_of_a_dead_instance_stop_counting(server_redis: aioredis.Redis) -> None:
+    _, b, token = await one_session_on_two_instances(
+        server_redis,
+        RedisStore,
+        lambda a: Session(tracked_socket_id=sid(a, "t"), tracker_socket_ids=(sid(a, "x"),)),
+    )
+    assert await b.load(token) == await stored(server_redis, token)
+    await beat_alone(b.instances, b.instances._clock)  # type: ignore[arg-type]  # A is silent
     assert not b.instances.others
     result = await b.update(token, joining(sid(b, "y")))
     assert result is not None
@@ -168,11 +157,12 @@ async def test_sockets_of_a_dead_instance_stop_counting(redis: aioredis.Redis) -
 
 
 async def test_one_code_registered_on_two_instances_at_once_has_one_owner(
-    redis: aioredis.Redis,
+    server_redis: aioredis.Redis,
 ) -> None:
     clock = FakeClock()
     first, second = (
-        Codes(clock, Instances(clock, redis), 300_000, redis, lambda: True) for _ in "ab"
+        Codes(clock, Instances(clock, server_redis), 300_000, server_redis, lambda: True)
+        for _ in "ab"
     )
     code = str(secrets.randbelow(900_000) + 100_000)
     seen = [await first.get(code), await second.get(code)]

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 from dataclasses import dataclass
+from typing import Any
 
 import redis.asyncio as aioredis
 
@@ -77,10 +78,16 @@ async def keep_checking_in(loader: Loader, within: float = 20.0) -> None:
         gone.cancel()
 
 
-async def stored_last_check_in(redis: aioredis.Redis, token: str) -> int | None:
+async def stored_record(redis: aioredis.Redis, token: str) -> dict[str, Any]:
+    """The session record as Redis holds it (the Node server's JSON field names)."""
     raw = await redis.get(f"session:{token}")
-    assert raw is not None, f"no session:{token[:8]}… in Redis"
-    value = json.loads(raw)["lastCheckIn"]
+    assert raw is not None, f"no session:{token[:8]}… in Redis; keys: {await redis.keys('*')}"
+    record: dict[str, Any] = json.loads(raw)
+    return record
+
+
+async def stored_last_check_in(redis: aioredis.Redis, token: str) -> int | None:
+    value = (await stored_record(redis, token))["lastCheckIn"]
     return None if value is None else int(value)
 
 

@@ -1,8 +1,11 @@
-"""In-process stand-ins for the two things handlers touch outside themselves: time and sockets."""
+"""In-process stand-ins for the two things handlers touch outside themselves: time and sockets;
+and time passing for heartbeats."""
 
 from __future__ import annotations
 
 from typing import Any
+
+from server.instances import ALIVE_MS, Instances
 
 START = 1_800_000_000_000
 
@@ -43,3 +46,10 @@ class FakeSocketIO:
     def to(self, sid: str, event: str | None = None) -> list[Any]:
         """Payloads sent to `sid` (of `event`, if given)."""
         return [data for to, name, data in self.sent if to == sid and event in (None, name)]
+
+
+async def beat_alone(instance: Instances, clock: FakeClock) -> None:
+    """Time passes a second at a time and only `instance` beats, until the others count dead."""
+    for _ in range(ALIVE_MS // 1000 + 1):
+        clock.now += 1000
+        await instance.beat()

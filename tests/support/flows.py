@@ -125,3 +125,9 @@ async def rejoin_as_tracker(
         "timestamp": last,
     }
     return tracker
+
+
+def instance_of(client: NodeClient) -> str:
+    """The server instance that made the client's socket id (`<instance>.<random>`)."""
+    assert client.sid is not None and "." in client.sid, client
+    return client.sid.split(".", 1)[0]
