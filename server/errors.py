@@ -20,6 +20,13 @@ TOO_MANY_ATTEMPTS: Final = "Too many attempts. Try again later."
 STORAGE_UNAVAILABLE: Final = "Session storage is temporarily unavailable. Try again shortly."
 INTERNAL: Final = "Internal server error"
 MALFORMED_PACKET: Final = "Malformed message: not a valid Socket.IO packet"
+# Quotas (SECURITY.md): what a refused client is told.
+TOO_MANY_CODES: Final = "Too many codes registered. Use the code you have, or try again later."
+TOO_MANY_TRACKERS: Final = "Too many trackers for this session"
+TOO_MANY_EVENTS: Final = "Too many events at once: wait for the replies"
+TOO_MANY_CONNECTIONS: Final = "Too many connections from this address"
+NOT_THE_TRACKED_PERSON: Final = "Not allowed: this connection is a tracker of the session"
+ATTACHMENTS_REFUSED: Final = "Binary attachments are not accepted"
 
 
 def invalid_payload(event: str, expected: str) -> str:

@@ -63,6 +63,12 @@ class Metrics:
             ["where"],
             registry=r,
         )
+        self.refusals = Counter(
+            "alliswell_refusals",
+            "Requests refused by a quota or a defence against abuse, by quota",
+            ["quota"],
+            registry=r,
+        )
         self.alerts_fired = Counter(
             "alliswell_alerts_fired", "Missed check-in alerts that became due", registry=r
         )
@@ -88,6 +94,10 @@ class Metrics:
 
     def error(self, where: str) -> None:
         self.errors.labels(where).inc()
+
+    def refused(self, quota: str) -> None:
+        """A client was refused by `quota` (a setting's name in lower case, or a defence)."""
+        self.refusals.labels(quota).inc()
 
     def alert_fired(self) -> None:
         """An alert became due for a session (count it once, however many trackers hear it)."""

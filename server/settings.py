@@ -30,6 +30,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     alert_webhook_secret: str | None = None
     code_attempts_per_minute: int = 10
     shutdown_timeout: float = 10.0  # SIGTERM to exit, at most
+    # Quotas against hostile clients (docs: SECURITY.md); each refusal is an `error` event and
+    # a count in alliswell_refusals_total{quota}.
+    code_registrations_per_minute: int = 30  # registerCode per address, of any code
+    pending_codes_per_socket: int = 2  # the app shows one code at a time
+    pending_codes_per_address: int = 100  # many phones may share one NAT address
+    trackers_per_session: int = 20
+    events_in_flight_per_connection: int = 16
+    outbound_buffer_bytes: int = 1_048_576  # unread output per connection before a hang-up
+    attachments_per_packet: int = 0  # the apps send no binary attachments
+    connections_per_address: int = 200
+    log_lines_per_client_per_minute: int = 5
 
     @property
     def code_grace_ms(self) -> int:
@@ -144,4 +155,13 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         alert_webhook_secret=webhook_secret,
         code_attempts_per_minute=_int(env, "CODE_ATTEMPTS_PER_MINUTE", 10, 1, 1_000_000),
         shutdown_timeout=_seconds(env, "SHUTDOWN_TIMEOUT", 10.0),
+        code_registrations_per_minute=_int(env, "CODE_REGISTRATIONS_PER_MINUTE", 30, 1, 1_000_000),
+        pending_codes_per_socket=_int(env, "PENDING_CODES_PER_SOCKET", 2, 1, 1_000),
+        pending_codes_per_address=_int(env, "PENDING_CODES_PER_ADDRESS", 100, 1, 1_000_000),
+        trackers_per_session=_int(env, "TRACKERS_PER_SESSION", 20, 1, 10_000),
+        events_in_flight_per_connection=_int(env, "EVENTS_IN_FLIGHT_PER_CONNECTION", 16, 1, 10_000),
+        outbound_buffer_bytes=_int(env, "OUTBOUND_BUFFER_BYTES", 1_048_576, 16_384, 1 << 30),
+        attachments_per_packet=_int(env, "ATTACHMENTS_PER_PACKET", 0, 0, 100),
+        connections_per_address=_int(env, "CONNECTIONS_PER_ADDRESS", 200, 1, 1_000_000),
+        log_lines_per_client_per_minute=_int(env, "LOG_LINES_PER_CLIENT_PER_MINUTE", 5, 1, 10_000),
     )
