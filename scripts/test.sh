@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Sets up everything the tests need on a fresh machine (Python 3.11+, Node.js 18+), then runs
+# Sets up everything the tests need on a fresh machine (Python 3.11+, Node.js 20+), then runs
 # the linters and the whole test suite. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
