@@ -159,7 +159,7 @@ class Instances:
             async with asyncio.timeout(BEAT_TIMEOUT_SECONDS):
                 await self.beat()
         except (RedisError, OSError, TimeoutError) as exc:
-            log.debug("Heartbeat not written: %r", exc)
+            log.debug("Heartbeat not written: %s", exc or exc.__class__.__name__)
             for listener in self.listeners:
                 listener.beat_failed(exc)
             return False

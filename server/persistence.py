@@ -381,15 +381,15 @@ class RedisPersistence(_StoreBase):
         if self.available or self._recovery is None:
             if self.reached:
                 log.error(
-                    "Redis at %s unavailable (%s): serving from memory, changes are held until "
+                    "Redis unavailable at %s (%s): serving from memory, changes are held until "
                     "it is back",
                     where(self._redis),
                     cause(exc),
                 )
             else:
                 log.error(
-                    "Redis at %s cannot be reached (%s): serving from memory, /healthz answers "
-                    "503 until it does",
+                    "Redis unavailable at %s, never reached since the start (%s): serving from "
+                    "memory, /healthz answers 503 until it answers",
                     where(self._redis),
                     cause(exc),
                 )
