@@ -97,7 +97,10 @@ def build_shared(settings: Settings, clock: Clock) -> Shared:
         timeout=settings.redis_timeout,
         max_connections=settings.redis_max_connections,
     )
-    instances = Instances(clock, redis)
+    # The heartbeat has a connection of its own: it judges Redis, so a pool busy with clients
+    # must not make it late (and Redis "down").
+    beats = connect(settings.redis_url, timeout=settings.redis_timeout, max_connections=1)
+    instances = Instances(clock, beats)
     store = RedisStore(clock, redis, instances)
 
     def available() -> bool:
@@ -198,6 +201,7 @@ def _instances(
         if shared.relay is not None:
             await shared.relay.close()
         await instances.leave()
+        await instances.close()
 
     return run
 

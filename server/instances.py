@@ -181,3 +181,8 @@ class Instances:
             await self._redis.zrem(keys.INSTANCES, self.id)
         except (RedisError, OSError) as exc:
             log.debug("Heartbeat not removed: %s", exc)
+
+    async def close(self) -> None:
+        """Close the Redis client of the heartbeat (its own: see app.build_shared)."""
+        if self._redis is not None:
+            await self._redis.aclose()

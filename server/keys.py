@@ -16,7 +16,8 @@ def attempts(address: str, window: int) -> str:
 
 
 DEADLINES: Final = "deadlines"  # sorted set: `<kind>:<token>` scored by due time (ms)
-DEADLINE_LEASES: Final = "deadlines:leased"  # sorted set: `<kind>:<token>|<due>` by lease end
+# sorted set: `<kind>:<token>|<due>` scored by the end of its lease (Redis ms)
+DEADLINE_LEASES: Final = "deadlines:leased"
 INSTANCES: Final = "instances"  # sorted set: instance id scored by its last heartbeat (Redis ms)
 # Written once into an empty Redis by the first heartbeat: a new value means Redis lost its data.
 DATA_MARKER: Final = "data-marker"
