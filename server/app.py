@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
@@ -11,7 +10,6 @@ from typing import Any, Final, NamedTuple
 
 import socketio
 from aiohttp import web
-from redis.exceptions import RedisError
 
 from . import demo, http, jsonlib, ops, tasks, transport
 from .alerts import Alerts
@@ -21,7 +19,7 @@ from .events import Events
 from .instances import Instances
 from .limits import AttemptLimiter
 from .metrics import Metrics
-from .persistence import RedisStore, connect
+from .persistence import RedisPersistence, RedisStore, connect
 from .relay import Relay
 from .settings import Settings
 from .store import MemoryStore
@@ -99,7 +97,10 @@ def build_shared(settings: Settings, clock: Clock) -> Shared:
         timeout=settings.redis_timeout,
         max_connections=settings.redis_max_connections,
     )
-    instances = Instances(clock, redis)
+    # The heartbeat has a connection of its own: it judges Redis, so a pool busy with clients
+    # must not make it late (and Redis "down").
+    beats = connect(settings.redis_url, timeout=settings.redis_timeout, max_connections=1)
+    instances = Instances(clock, beats)
     store = RedisStore(clock, redis, instances)
 
     def available() -> bool:
@@ -148,6 +149,8 @@ def create_app(settings: Settings, clock: Clock = wall_ms) -> web.Application:
         codes=shared.codes,
     )
     events.attach()
+    if isinstance(store, RedisPersistence):
+        store.on_crash = metrics.task_crashed
     app[SIO] = sio
     app[STORE] = store
     app[http.EVENTS] = events
@@ -159,36 +162,46 @@ def create_app(settings: Settings, clock: Clock = wall_ms) -> web.Application:
     if settings.alert_webhook_url and settings.alert_webhook_secret:
         webhooks = Webhooks(settings.alert_webhook_url, settings.alert_webhook_secret, clock)
     alerts = Alerts(events, webhooks)
+    crashed = metrics.task_crashed
     app.cleanup_ctx.append(_storage)
-    app.cleanup_ctx.append(_instances(shared))
-    app.cleanup_ctx.append(_background("sweeper", lambda: _sweep_forever(events)))
-    app.cleanup_ctx.append(_background("alerts", alerts.run_forever))
-    app.cleanup_ctx.append(_background("pings", websockets.heartbeat.run))
+    app.cleanup_ctx.append(_instances(shared, crashed))
+    app.cleanup_ctx.append(_background("sweeper", lambda: _sweep_forever(events), crashed))
+    app.cleanup_ctx.append(_background("alerts", alerts.run_forever, crashed))
+    app.cleanup_ctx.append(_background("pings", websockets.heartbeat.run, crashed))
     if webhooks is not None:
-        app.cleanup_ctx.append(_background("webhooks", webhooks.run))
+        app.cleanup_ctx.append(_background("webhooks", webhooks.run, crashed))
     app[DRAIN] = Drain()
     app.on_shutdown.append(_drain(events, settings.shutdown_timeout))
     return app
 
 
-def _instances(shared: Shared) -> Callable[[web.Application], AsyncIterator[None]]:
+def _instances(
+    shared: Shared, crashed: Callable[[str], None]
+) -> Callable[[web.Application], AsyncIterator[None]]:
     """Heartbeats and the relay's listener, from before the first client until the drain is
-    over; a clean exit takes this instance out of the live set at once."""
+    over; a clean exit takes this instance out of the live set at once. Both supervised: a
+    dead heartbeat would make the other instances drop this live instance's sockets."""
 
     async def run(app: web.Application) -> AsyncIterator[None]:
         instances = shared.instances
-        with contextlib.suppress(RedisError, OSError):
-            await instances.beat()  # others know of this instance before it serves anyone
-        heartbeat = asyncio.create_task(instances.run_forever(), name="instance-heartbeat")
+        await instances.check()  # others know of this instance before it serves anyone
+        heartbeat = tasks.supervise("instance-heartbeat", instances.run_forever, crashed)
         sio = app[SIO]
-        if shared.relay is not None and not sio.manager_initialized:
+        relay = shared.relay
+        if relay is not None and not sio.manager_initialized:
+            # The listener: else it starts with the first client. python-socketio would start
+            # it unwatched; write_only keeps initialize() from it, and it runs supervised.
             sio.manager_initialized = True
-            sio.manager.initialize()  # the listener: else it starts with the first client
+            relay.write_only = True
+            relay.initialize()
+            relay.write_only = False
+            relay.thread = tasks.supervise("relay-listener", relay._thread, crashed)
         yield
         await tasks.stop(heartbeat)
         if shared.relay is not None:
             await shared.relay.close()
         await instances.leave()
+        await instances.close()
 
     return run
 
@@ -243,12 +256,12 @@ async def _sweep_forever(events: Events) -> None:
 
 
 def _background(
-    name: str, work: Callable[[], Coroutine[Any, Any, None]]
+    name: str, work: Callable[[], Coroutine[Any, Any, None]], crashed: Callable[[str], None]
 ) -> Callable[[web.Application], AsyncIterator[None]]:
-    """A cleanup context that runs `work` for the app's lifetime."""
+    """A cleanup context that runs `work` for the app's lifetime, supervised (tasks.py)."""
 
     async def run(app: web.Application) -> AsyncIterator[None]:
-        task = asyncio.create_task(work(), name=name)
+        task = tasks.supervise(name, work, crashed)
         yield
         await tasks.stop(task)
 

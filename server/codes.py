@@ -8,6 +8,7 @@ code at once cannot both win; the loser reads again and decides again.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from typing import Final
@@ -77,8 +78,13 @@ class Codes:
         self._redis = redis
         self._available = available
         self._swap = redis.register_script(_SWAP) if redis is not None else None
-        # Codes in Redis owned by this instance's sockets, to release when they leave.
-        self._owned: dict[str, set[str]] = {}
+        # Codes in Redis owned by this instance's sockets, to release when they leave and to
+        # write back if Redis loses its data: per socket, each code's entry as last written.
+        self._owned: dict[str, dict[str, PendingCode]] = {}
+        self._marker: str | None = None  # Redis's data marker when this instance looked
+        self._restoring: asyncio.Task[None] | None = None
+        if redis is not None:
+            instances.listeners.append(self)
 
     def _shared(self, code: str) -> bool:
         return self._redis is not None and self._available() and self._local.get(code) is None
@@ -157,12 +163,45 @@ class Codes:
         if before is not None and before.tracked_sid is not None:
             owned = self._owned.get(before.tracked_sid)
             if owned is not None:
-                owned.discard(before.code)
+                owned.pop(before.code, None)
                 if not owned:
                     del self._owned[before.tracked_sid]
         if after is not None and after.tracked_sid is not None:
             if self._instances.is_local(after.tracked_sid):
-                self._owned.setdefault(after.tracked_sid, set()).add(after.code)
+                self._owned.setdefault(after.tracked_sid, {})[after.code] = after
+
+    def beat_ok(self, marker: str) -> None:
+        """A heartbeat went through; a new data marker means Redis lost this instance's codes."""
+        if self._marker is None:
+            self._marker = marker
+        elif marker != self._marker and (self._restoring is None or self._restoring.done()):
+            self._restoring = asyncio.create_task(self._restore(marker), name="codes-restore")
+
+    def beat_failed(self, exc: BaseException) -> None:
+        pass  # nothing to do until Redis answers
+
+    async def _restore(self, marker: str) -> None:
+        """Write back the codes of this instance's connected apps, where Redis has none (a code
+        taken meanwhile stays taken: its app registers again). Codes whose app left are lost:
+        a tracker entering one is told it is invalid or expired."""
+        written = taken = 0
+        try:
+            for entries in list(self._owned.values()):
+                for entry in list(entries.values()):
+                    if await self.put(entry, Seen(entry.code, None)) is not None:
+                        written += 1
+                    else:
+                        taken += 1
+        except Exception:
+            log.exception("Writing back the pairing codes failed: retrying at the next heartbeat")
+            return
+        self._marker = marker
+        log.warning(
+            "Redis lost its data: wrote back %d pairing codes of apps connected here "
+            "(%d taken meanwhile); codes of apps that had left are lost",
+            written,
+            taken,
+        )
 
     async def for_token(self, token: str) -> Seen | None:
         """The paired code of a session, if it is still there."""

@@ -3,7 +3,9 @@
 In memory: a heap. In Redis: one sorted set of due times (member `<kind>:<token>`), written in
 the same script call as the session record (store.py), and a sorted set of leases: a claim
 moves due members to the leases atomically, so one instance fires each; a lease not released
-in time (its instance died) is taken over by the next claim.
+in time (its instance died) is taken over by the next claim. Due times are the wall-clock times
+the app sees (the claimer's clock); leases run on Redis's clock (TIME in the script), so that a
+few seconds of skew between hosts never hands a live lease to a second instance.
 """
 
 from __future__ import annotations
@@ -63,11 +65,16 @@ class MemoryDeadlines:
         return self._heap[0][0] if self._heap else None
 
 
-# Leases that ran out are taken over first, then due members are moved to the leases.
+# KEYS: the deadlines set, the leases set. ARGV: now (the claimer's clock, ms: for due times),
+# the lease's length (ms, on Redis's clock), how many to claim. Leases that ran out are taken over
+# first, then due members are moved to the leases. Returns the members claimed, `<member>|<due>`.
 _CLAIM: Final = """
-local now, lease_until, limit = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
+local now, limit = tonumber(ARGV[1]), tonumber(ARGV[3])
+local t = redis.call('TIME')
+local redis_now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local lease_until = redis_now + tonumber(ARGV[2])
 local out = {}
-local stale = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, limit)
+local stale = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', redis_now, 'LIMIT', 0, limit)
 for _, m in ipairs(stale) do
   redis.call('ZADD', KEYS[2], lease_until, m)
   table.insert(out, m)
@@ -96,7 +103,7 @@ class RedisDeadlines:
 
     async def claim(self, now: int, limit: int) -> list[Claimed]:
         raw = await self._claim(
-            keys=[keys.DEADLINES, keys.DEADLINE_LEASES], args=[now, now + self.lease_ms, limit]
+            keys=[keys.DEADLINES, keys.DEADLINE_LEASES], args=[now, self.lease_ms, limit]
         )
         claimed: list[Claimed] = []
         for item in raw:

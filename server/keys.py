@@ -16,8 +16,11 @@ def attempts(address: str, window: int) -> str:
 
 
 DEADLINES: Final = "deadlines"  # sorted set: `<kind>:<token>` scored by due time (ms)
-DEADLINE_LEASES: Final = "deadlines:leased"  # sorted set: `<kind>:<token>|<due>` by lease end
-INSTANCES: Final = "instances"  # sorted set: instance id scored by its last heartbeat (ms)
+# sorted set: `<kind>:<token>|<due>` scored by the end of its lease (Redis ms)
+DEADLINE_LEASES: Final = "deadlines:leased"
+INSTANCES: Final = "instances"  # sorted set: instance id scored by its last heartbeat (Redis ms)
+# Written once into an empty Redis by the first heartbeat: a new value means Redis lost its data.
+DATA_MARKER: Final = "data-marker"
 RELAY_CHANNEL: Final = "alliswell:relay"  # pub/sub: emits for sockets of other instances
 
 

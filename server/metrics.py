@@ -77,6 +77,12 @@ class Metrics:
             "checkInMissed notices sent to trackers (one per tracker reached)",
             registry=r,
         )
+        self.task_crashes = Counter(
+            "alliswell_task_crashes",
+            "Background tasks that crashed (each restarted after a delay), by task",
+            ["task"],
+            registry=r,
+        )
         self._state = _StateCollector()
         r.register(self._state)
 
@@ -98,6 +104,10 @@ class Metrics:
     def refused(self, quota: str) -> None:
         """A client was refused by `quota` (a setting's name in lower case, or a defence)."""
         self.refusals.labels(quota).inc()
+
+    def task_crashed(self, task: str) -> None:
+        """A supervised background task crashed (tasks.supervise restarts it)."""
+        self.task_crashes.labels(task).inc()
 
     def alert_fired(self) -> None:
         """An alert became due for a session (count it once, however many trackers hear it)."""
@@ -160,14 +170,22 @@ class _StateCollector(Collector):
             value=store.failures,
         )
         yield CounterMetricFamily(
+            "alliswell_redis_data_lost",
+            "Times Redis was found without this server's data (restarted without persistence, "
+            "flushed): each time every session and deadline held here was written back",
+            value=store.data_losses,
+        )
+        yield CounterMetricFamily(
             "alliswell_write_conflicts",
             "Session writes another instance changed first (each change made again and written)",
             value=store.conflicts,
         )
+        instances = store.instances
         yield GaugeMetricFamily(
             "alliswell_instances_alive",
-            "Server instances with a recent heartbeat, this one included",
-            value=len(store.instances.alive()),
+            "Server instances with a recent heartbeat, this one included (NaN while this "
+            "instance's own heartbeat does not go through: unknown)",
+            value=len(instances.alive()) if instances.fresh() else math.nan,
         )
         relay = getattr(self.sio, "manager", None)
         if isinstance(relay, Relay):
@@ -194,7 +212,7 @@ async def _ping(store: MemoryStore | None) -> float:
     started = time.perf_counter()
     try:
         async with asyncio.timeout(PING_TIMEOUT_SECONDS):
-            await store.ping()
+            await store.probe()  # a failure marks nothing: the heartbeat judges Redis
     except (RedisError, OSError, TimeoutError):
         return math.nan
     return time.perf_counter() - started

@@ -20,20 +20,27 @@ HTTP_ERROR_LOG: Final = "Error handling request"  # how aiohttp logs a handler's
 
 
 def redis_state(store: MemoryStore) -> str:
-    """ "disabled" without REDIS_URL, else "up" or "down" as the store last saw Redis."""
+    """ "disabled" without REDIS_URL, else "up" or "down" as the heartbeat (every second, and
+    every command) last saw Redis."""
     if not isinstance(store, RedisPersistence):
         return "disabled"
     return "up" if store.available else "down"
 
 
 async def healthz(request: web.Request) -> web.Response:
-    # Healthy while Redis is away: the server keeps serving from memory (it degrades).
+    store = request.app[HEALTH_STORE]
+    # Healthy while Redis is away after it once answered: the server keeps serving from memory
+    # (it degrades). But a configured Redis never reached is a broken deployment (a wrong
+    # password, host or database): every session would be lost at the next restart.
+    never_reached = isinstance(store, RedisPersistence) and not store.reached
     body = {
-        "status": "ok",
-        "redis": redis_state(request.app[HEALTH_STORE]),
+        "status": "unavailable" if never_reached else "ok",
+        "redis": redis_state(store),
         "version": __version__,
     }
-    return web.json_response(body, headers={"Cache-Control": "no-store"})
+    return web.json_response(
+        body, status=503 if never_reached else 200, headers={"Cache-Control": "no-store"}
+    )
 
 
 async def metrics(request: web.Request) -> web.Response:

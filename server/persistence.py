@@ -8,15 +8,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Collection
+import socket
+from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 from redis import asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
+from redis.exceptions import AuthenticationError, RedisError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import keys, tasks
@@ -41,6 +42,7 @@ from .store import (
 log = logging.getLogger(__name__)
 
 MAX_HELD_OPS: Final = 100  # changes kept per session while Redis is away
+WRITE_BACK_BATCH: Final = 500  # records per script call when Redis lost its data
 
 # KEYS: the deadlines set, then one record key per session. ARGV: the TTL, then per session the
 # record as this process last saw it in Redis ("" none, "*" whatever is there), the record to
@@ -121,9 +123,19 @@ class RedisPersistence(_StoreBase):
         self._batch: asyncio.Future[None] | None = None
         self._committer: asyncio.Task[None] | None = None
         self._recovery: asyncio.Task[None] | None = None
+        # One write at a time (group commit, recovery, write-back): each counts the changes
+        # it wrote from the same lists.
+        self._writing = asyncio.Lock()
+        self._wake = asyncio.Event()  # the heartbeat saw Redis answer: the recovery tries now
+        self._marker: str | None = None  # the data marker Redis had when this process looked
+        self._restoring: asyncio.Task[None] | None = None
         self.available = False
+        self.reached = False  # Redis answered at least once since the start (for /healthz)
         self.failures = 0  # Redis commands that failed, for /metrics
         self.conflicts = 0  # writes another instance got in before, for /metrics
+        self.data_losses = 0  # times Redis was found without our data, for /metrics
+        self.on_crash: Callable[[str], None] = lambda name: None  # a task's bug, for /metrics
+        self.instances.listeners.append(self)
 
     @property
     def persistent(self) -> bool:
@@ -139,14 +151,15 @@ class RedisPersistence(_StoreBase):
             await self.ping()
         except (RedisError, OSError):
             return
-        self.available = True
+        self.available = self.reached = True
         log.info("Redis connected successfully")
 
     async def close(self) -> None:
         if self._committer is not None:
             await self._committer
-        if self._recovery is not None:
-            await tasks.stop(self._recovery)
+        for task in (self._recovery, self._restoring):
+            if task is not None:
+                await tasks.stop(task)
         if self._dirty:
             with contextlib.suppress(RedisError, OSError):
                 await self._flush()
@@ -200,13 +213,17 @@ class RedisPersistence(_StoreBase):
                 op.done = True  # held: written by the recovery
                 break
             self._pending.add(token)
-            if self._committer is None:
-                self._batch = asyncio.get_running_loop().create_future()
-                self._committer = asyncio.create_task(self._commit(), name="redis-commit")
-            assert self._batch is not None
             # Shielded: a writer that is cancelled must not cancel everyone's batch.
-            await asyncio.shield(self._batch)
+            await asyncio.shield(self._commit_soon())
         return op.session is not None
+
+    def _commit_soon(self) -> asyncio.Future[None]:
+        """The next round of the group commit (started if none runs), to wait on."""
+        if self._committer is None:
+            self._batch = asyncio.get_running_loop().create_future()
+            self._committer = asyncio.create_task(self._commit(), name="redis-commit")
+        assert self._batch is not None
+        return self._batch
 
     async def _commit(self) -> None:
         """Write what changed, in rounds: changes that arrive while a write is under way share
@@ -221,6 +238,13 @@ class RedisPersistence(_StoreBase):
                         raise RedisConnectionError("Redis went away before the write")
                     self._pending.update(await self._write(tokens))
                 except (RedisError, OSError) as exc:
+                    self._hold(tokens)
+                    self._lost(exc)
+                except Exception as exc:
+                    # A bug: its writers must still answer (held, like an outage), and it must
+                    # be seen. The recovery tries again with a backoff.
+                    log.exception("Group commit failed: %d sessions held", len(tokens))
+                    self.on_crash("redis-commit")
                     self._hold(tokens)
                     self._lost(exc)
                 finally:
@@ -244,6 +268,10 @@ class RedisPersistence(_StoreBase):
         """Write the newest state of each token, and its deadlines where they changed, in one
         atomic script call (one reply to parse, however many records). Returns the tokens that
         another instance changed first: made again on the newer record, to be written again."""
+        async with self._writing:
+            return await self._write_batch(tokens)
+
+    async def _write_batch(self, tokens: Collection[str]) -> set[str]:
         now = self._clock()
         batch: list[tuple[str, Session, bytes | None, int]] = []
         record_keys: list[str] = [keys.DEADLINES]
@@ -321,20 +349,50 @@ class RedisPersistence(_StoreBase):
         self._remember(token, session)
 
     async def ping(self) -> None:
-        """One PING to Redis (for /metrics); a failure marks Redis away, then is raised."""
+        """One PING to Redis; a failure marks Redis away, then is raised."""
         try:
             await self._redis.ping()
         except (RedisError, OSError) as exc:
             self._lost(exc)
             raise
 
+    async def probe(self) -> None:
+        """One PING to Redis that changes nothing (for /metrics: a scrape observes, never acts)."""
+        await self._redis.ping()
+
+    def beat_ok(self, marker: str) -> None:
+        """The heartbeat went through: Redis answers; a new data marker means it lost its data."""
+        self.reached = True
+        if not self.available:
+            self._wake.set()  # the recovery need not wait out its backoff
+        if self._marker is None:
+            self._marker = marker
+        elif marker != self._marker and (self._restoring is None or self._restoring.done()):
+            self._restoring = asyncio.create_task(self._restore(marker), name="redis-restore")
+
+    def beat_failed(self, exc: BaseException) -> None:
+        """The heartbeat failed or took too long: Redis is away (or frozen) even if nobody
+        else asked it anything: answer from memory and hold changes until it is back."""
+        if self.available or self._recovery is None:
+            self._lost(exc)
+
     def _lost(self, exc: BaseException) -> None:
         self.failures += 1
         if self.available or self._recovery is None:
-            log.error(
-                "Redis unavailable (%s): serving from memory, changes are held until it is back",
-                exc.__class__.__name__,
-            )
+            if self.reached:
+                log.error(
+                    "Redis unavailable at %s (%s): serving from memory, changes are held until "
+                    "it is back",
+                    where(self._redis),
+                    cause(exc),
+                )
+            else:
+                log.error(
+                    "Redis unavailable at %s, never reached since the start (%s): serving from "
+                    "memory, /healthz answers 503 until it answers",
+                    where(self._redis),
+                    cause(exc),
+                )
         self.available = False
         if self._recovery is None or self._recovery.done():
             self._recovery = asyncio.create_task(self._recover(), name="redis-recovery")
@@ -342,19 +400,94 @@ class RedisPersistence(_StoreBase):
     async def _recover(self) -> None:
         delay = 0.1
         while True:
-            await asyncio.sleep(delay)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
+            self._wake.clear()
             delay = min(delay * 2, 5.0)
             try:
                 await self._redis.ping()
                 written = await self._flush()
             except (RedisError, OSError) as exc:
-                log.debug("Redis still unavailable: %s", exc)
+                log.debug("Redis still unavailable: %s", cause(exc))
+                continue
+            except Exception:
+                log.exception("Writing the held sessions failed: trying again")
+                self.on_crash("redis-recovery")
                 continue
             if not self._dirty:
                 # No await between the check and the switch: no change can slip past the flush.
-                self.available = True
+                self.available = self.reached = True
                 log.info("Redis connected successfully (recovered, wrote %d held)", written)
                 return
+
+    async def _restore(self, marker: str) -> None:
+        """Redis lost its data (restarted without persistence, flushed): write back every
+        session and deadline held here. Until it succeeds the marker stays unadopted, so the
+        next heartbeat tries again."""
+        try:
+            sessions, due = await self.write_back()
+        except (RedisError, OSError) as exc:
+            log.warning("Redis lost its data; writing it back failed (%s): retrying", cause(exc))
+            return
+        except Exception:
+            log.exception("Redis lost its data; writing it back failed: retrying")
+            self.on_crash("redis-restore")
+            return
+        self._marker = marker
+        self.data_losses += 1
+        log.warning("Redis lost its data: wrote back %d sessions and %d deadlines", sessions, due)
+
+    async def write_back(self) -> tuple[int, int]:
+        """Write every cached record, and its deadlines, where Redis has no record: several
+        instances doing it at once keep whichever came first, and a change an event made since
+        is never overwritten. Returns how many records and deadlines were written."""
+        sessions = deadline_count = 0
+        async with self._writing:
+            tokens = list(self._sessions)
+            for start in range(0, len(tokens), WRITE_BACK_BATCH):
+                batch = [
+                    (token, session)
+                    for token in tokens[start : start + WRITE_BACK_BATCH]
+                    if (session := self._sessions.get(token)) is not None
+                ]
+                written, due = await self._write_back(batch)
+                sessions += written
+                deadline_count += due
+        return sessions, deadline_count
+
+    async def _write_back(self, batch: list[tuple[str, Session]]) -> tuple[int, int]:
+        if not batch:
+            return 0, 0
+        now = self._clock()
+        record_keys: list[str] = [keys.DEADLINES]
+        args: list[str | bytes | int] = [keys.SESSION_TTL_SECONDS]
+        encoded: list[tuple[bytes, dict[str, int]]] = []
+        for token, session in batch:
+            raw = _encode(session)
+            due = deadlines(session, now)
+            encoded.append((raw, due))
+            record_keys.append(keys.session(token))
+            args += [ABSENT, raw]
+            for kind in KINDS:
+                args += [member(kind, token), due.get(kind) or REMOVE]
+        reply = await self._write_script(keys=record_keys, args=args)
+        conflicts = {int(reply[i]) - 1: reply[i + 1] for i in range(0, len(reply), 2)}
+        sessions = deadline_count = 0
+        for position, ((token, session), (raw, due)) in enumerate(zip(batch, encoded, strict=True)):
+            if position in conflicts:
+                # Written first by another instance or by an event since: theirs is kept, and
+                # any change of ours not yet written is made again on it.
+                self._remake(token, conflicts[position])
+                if self._ops.get(token):
+                    self._pending.add(token)
+                    self._commit_soon()
+                continue
+            self._seen[token] = (raw, session)
+            self._synced[token] = due
+            sessions += 1
+            deadline_count += len(due)
+        return sessions, deadline_count
 
     async def _flush(self) -> int:
         """Write every held session; what changes during the write stays held for the next round."""
@@ -398,6 +531,33 @@ class RedisPersistence(_StoreBase):
 
 class RedisStore(RedisPersistence, MemoryStore):
     """Sessions in memory, persisted in Redis."""
+
+
+def where(redis: aioredis.Redis) -> str:
+    """host:port/db (or the socket path) of a client, never its password."""
+    kwargs = redis.connection_pool.connection_kwargs
+    if "path" in kwargs:
+        return f"unix:{kwargs['path']}/{kwargs.get('db', 0)}"
+    return f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}/{kwargs.get('db', 0)}"
+
+
+def cause(exc: BaseException) -> str:
+    """What is wrong, in words an operator can act on (redis-py's messages vary by version)."""
+    text = str(exc)
+    if isinstance(exc, AuthenticationError):
+        if "NOAUTH" in text or "HELLO must be called" in text or "Authentication required" in text:
+            return "authentication required: REDIS_URL has no password"
+        return "authentication failed: wrong user or password in REDIS_URL"
+    if isinstance(exc, ResponseError) and "DB index" in text:
+        return "DB index out of range: REDIS_URL names a database this Redis does not have"
+    if isinstance(exc, TimeoutError | RedisTimeoutError):
+        return "no answer in time"
+    context = exc.__cause__ or exc.__context__
+    if isinstance(context, ConnectionRefusedError) or "Error 111" in text:
+        return "connection refused"
+    if isinstance(context, socket.gaierror):
+        return f"host not found ({context.strerror})"
+    return f"{exc.__class__.__name__}: {text}" if text else exc.__class__.__name__
 
 
 def connect(url: str, *, timeout: float, max_connections: int) -> aioredis.Redis:

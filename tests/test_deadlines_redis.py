@@ -69,15 +69,29 @@ async def test_each_deadline_is_claimed_by_exactly_one_instance(
 async def test_a_claim_whose_instance_died_is_taken_over_after_the_lease(
     server_redis: aioredis.Redis,
 ) -> None:
+    # Leases run on Redis's clock: the time really passes (a short lease).
     await server_redis.zadd(keys.DEADLINES, {"alert:" + "cd" * 32: START})
-    crashed = RedisDeadlines(server_redis, lease_ms=30_000)
-    survivor = RedisDeadlines(server_redis, lease_ms=30_000)
+    crashed = RedisDeadlines(server_redis, lease_ms=1_000)
+    survivor = RedisDeadlines(server_redis, lease_ms=1_000)
     assert await crashed.claim(START, 10) == [("alert", "cd" * 32, START)]
-    assert await survivor.claim(START + 29_999, 10) == []  # still leased
-    taken = await survivor.claim(START + 30_000, 10)
+    assert await survivor.claim(START, 10) == []  # still leased
+    await asyncio.sleep(1.1)
+    taken = await survivor.claim(START, 10)
     assert taken == [("alert", "cd" * 32, START)]  # with its real due time
     await survivor.release(taken[0])
     assert await survivor.claim(START + 90_000, 10) == []
+
+
+async def test_a_live_lease_holds_whatever_the_claimers_clocks_say(
+    server_redis: aioredis.Redis,
+) -> None:
+    await server_redis.zadd(keys.DEADLINES, {"alert:" + "cd" * 32: START})
+    holder = RedisDeadlines(server_redis, lease_ms=30_000)
+    skewed = RedisDeadlines(server_redis, lease_ms=30_000)
+    assert await holder.claim(START, 10) == [("alert", "cd" * 32, START)]
+    # Another host whose clock runs 40 s ahead: a lease scored by host clocks would look run
+    # out to it, and the alert would fire twice.
+    assert await skewed.claim(START + 40_000, 10) == []
 
 
 async def test_overdue_alerts_fire_after_a_restart_with_their_real_due_time(

@@ -1,17 +1,23 @@
-"""Heartbeats (server/instances.py): which instances are alive, on a real Redis, clock injected."""
+"""Heartbeats (server/instances.py): which instances are alive, on a real Redis and its clock."""
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 from redis import asyncio as aioredis
 
-from server.instances import ALIVE_MS, Instances, owner
-from tests.support.fakes import FakeClock, beat_alone
+from server.instances import Instances, owner
+from tests.support.fakes import START, FakeClock, beat_alone
+
+ALIVE_MS = 500  # short: liveness runs on Redis's clock, so time really passes in these tests
 
 
 async def two_beating(server_redis: aioredis.Redis) -> tuple[FakeClock, Instances, Instances]:
     """Two instances that have each seen the other's heartbeat."""
     clock = FakeClock()
-    a, b = Instances(clock, server_redis), Instances(clock, server_redis)
+    a = Instances(clock, server_redis, alive_ms=ALIVE_MS)
+    b = Instances(clock, server_redis, alive_ms=ALIVE_MS)
     for instance in (a, b, a):
         await instance.beat()
     return clock, a, b
@@ -29,20 +35,24 @@ async def test_an_instance_that_stops_beating_is_dead_after_a_few_seconds(
     assert a.alive() == b.alive() == {a.id, b.id}
     assert a.is_live(f"{b.id}.sid") and not a.is_local(f"{b.id}.sid")
 
+    started = time.monotonic()
     await beat_alone(a, clock)  # b is gone
+    elapsed_ms = (time.monotonic() - started) * 1000
     assert a.alive() == {a.id} and not a.others
     assert not a.is_live(f"{b.id}.sid")
-    assert a.left_by(f"{b.id}.sid") == clock.now - (ALIVE_MS // 1000 + 1) * 1000
+    # When b was last seen, in this host's time (the fake clock moved as much as Redis's).
+    left = a.left_by(f"{b.id}.sid")
+    assert left is not None
+    assert clock.now - elapsed_ms - 200 <= left <= clock.now - ALIVE_MS, (left, clock.now)
 
 
 async def test_after_its_own_outage_an_instance_waits_before_declaring_others_dead(
     server_redis: aioredis.Redis,
 ) -> None:
     clock, a, b = await two_beating(server_redis)
-    clock.now += 3 * ALIVE_MS  # nobody could beat (Redis away); a is first back
+    await asyncio.sleep(3 * ALIVE_MS / 1000)  # nobody could beat (Redis away); a is first back
     await a.beat()
     assert a.alive() == {a.id, b.id}  # b may just not have had its turn yet
-    clock.now += 1000
     await b.beat()
     await a.beat()
     assert a.alive() == {a.id, b.id}
@@ -56,3 +66,38 @@ async def test_a_clean_exit_is_seen_at_the_next_beat(server_redis: aioredis.Redi
     clock.now += 1000
     await a.beat()
     assert a.alive() == {a.id}
+
+
+async def test_hosts_whose_clocks_are_seconds_apart_both_stay_alive(
+    server_redis: aioredis.Redis,
+) -> None:
+    # B's host clock is 10 s behind A's: scored by each host's clock, A would count B dead
+    # (its heartbeat looks 10 s old) the moment it beat, and B's sockets with it.
+    a = Instances(FakeClock(START), server_redis)
+    b = Instances(FakeClock(START - 10_000), server_redis)
+    for instance in (a, b, a, b):
+        await instance.beat()
+    assert a.alive() == b.alive() == {a.id, b.id}
+    assert a.is_live(f"{b.id}.sid") and b.is_live(f"{a.id}.sid")
+
+
+async def test_the_heartbeat_tells_its_listeners_whether_redis_answered(
+    server_redis: aioredis.Redis,
+) -> None:
+    heard: list[str] = []
+
+    class Listener:
+        def beat_ok(self, marker: str) -> None:
+            heard.append(f"ok {marker}")
+
+        def beat_failed(self, exc: BaseException) -> None:
+            heard.append(f"failed {exc.__class__.__name__}")
+
+    instances = Instances(FakeClock(), server_redis)
+    instances.listeners.append(Listener())
+    assert await instances.check()
+    assert heard == [f"ok {instances.marker}"] and instances.fresh()
+    # The marker is written once: every beat, of every instance, reads the same one.
+    other = Instances(FakeClock(), server_redis)
+    await other.beat()
+    assert other.marker == instances.marker

@@ -10,13 +10,17 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from redis import asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from server.app import create_app
 from server.events import Events
 from server.metrics import Metrics
 from server.ops import METRICS
+from server.persistence import RedisStore
 from server.settings import Settings
 from server.store import MemoryStore
+from tests.support.fakes import FakeClock
 from tests.support.flows import check_in, eventually, pair, unknown_token
 from tests.support.metrics import parse, scrape, value
 
@@ -184,3 +188,25 @@ async def test_a_request_that_fails_unexpectedly_counts_as_an_http_error():
         assert value(samples, "alliswell_errors_total", where="http") == 1
     finally:
         await server.close()
+
+
+async def test_a_scrape_whose_ping_fails_observes_and_changes_nothing(
+    server_redis: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = RedisStore(FakeClock(), server_redis)
+    await store.start()
+    metrics = Metrics()
+    metrics.watch(None, store)
+
+    async def refused() -> None:
+        raise RedisConnectionError("injected: the scrape's PING fails")
+
+    monkeypatch.setattr(server_redis, "ping", refused)
+    try:
+        samples = parse((await metrics.render()).decode())
+        assert math.isnan(value(samples, "alliswell_redis_ping_seconds"))
+        # Not flipped into held-writes mode: the heartbeat, not a scrape, judges Redis.
+        assert store.available and value(samples, "alliswell_redis_up") == 1
+    finally:
+        monkeypatch.undo()
+        await store.close()

@@ -42,6 +42,9 @@ NAIVE = pytest.param(
 )
 
 
+ALIVE_MS = 1_000  # short: an instance dies in real time (heartbeats are on Redis's clock)
+
+
 async def one_session_on_two_instances(
     server_redis: aioredis.Redis,
     store_class: StoreClass,
@@ -50,8 +53,8 @@ async def one_session_on_two_instances(
     """Two stores that see each other alive (each sees the other's sockets as connected), and a
     session created on A that B holds too (soon out of date)."""
     clock = FakeClock()
-    a = store_class(clock, server_redis, Instances(clock, server_redis))
-    b = store_class(clock, server_redis, Instances(clock, server_redis))
+    a = store_class(clock, server_redis, Instances(clock, server_redis, alive_ms=ALIVE_MS))
+    b = store_class(clock, server_redis, Instances(clock, server_redis, alive_ms=ALIVE_MS))
     for store in (a, b, a):
         await store.instances.beat()
         await store.start()
