@@ -4,11 +4,16 @@ Every socket id this process makes starts with its instance id (`<instance>.<ran
 session record (which holds socket ids, as the Node server's did) says where each socket is.
 Each instance writes a heartbeat to the sorted set `instances` every second; an instance whose
 heartbeat is older than `ALIVE_MS` is dead, and its sockets no longer count as connected.
+
+An instance this one has not heard of is not dead: it may have started since the last read
+(its first heartbeat precedes its first socket). A socket id naming one asks for a read now;
+only a read that began after the question can find it dead (stale, or absent: it left).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 from typing import Final
@@ -52,18 +57,37 @@ class Instances:
         self._last_seen: dict[str, int] = {}
         self._last_beat = 0  # when this instance last wrote its heartbeat
         self._grace_until = 0  # nobody is declared dead before then
+        # Instances known dead (stale heartbeat, or gone from the set): when that was learnt.
+        self._gone: dict[str, int] = {}
+        # Instances named by a socket id that the last read did not know: live until a read
+        # that began after the question says otherwise.
+        self._unknown: set[str] = set()
+        self._read_now = asyncio.Event()
+        # Instances found dead, for the sweep that tells their sockets' sessions (crashes.py).
+        self.found_dead: asyncio.Queue[str] = asyncio.Queue()
 
     @property
     def others(self) -> bool:
-        """Whether any other instance is alive (and may hold sockets to deliver to)."""
-        return len(self._alive) > 1
+        """Whether another instance may be alive (and hold sockets to deliver to): one that
+        beats, or one a socket id named that no read has answered for yet."""
+        return len(self._alive) > 1 or bool(self._unknown)
 
     def alive(self) -> frozenset[str]:
         return self._alive
 
     def is_live(self, sid: str) -> bool:
-        """Whether a socket id may still be connected: its instance is alive."""
-        return owner(sid) in self._alive
+        """Whether a socket id may still be connected: its instance is not known dead."""
+        instance = owner(sid)
+        if instance is None:
+            return False  # made by the Node server: none of its sockets is connected here
+        if instance in self._alive:
+            return True
+        if instance in self._gone:
+            return False
+        if instance not in self._unknown:
+            self._unknown.add(instance)
+            self._read_now.set()
+        return True
 
     def is_local(self, sid: str) -> bool:
         return owner(sid) == self.id
@@ -77,6 +101,7 @@ class Instances:
         """Write this instance's heartbeat and read everyone's (one round trip)."""
         if self._redis is None:
             return
+        asked = frozenset(self._unknown)  # the questions this read answers
         now = self._clock()
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.zadd(keys.INSTANCES, {self.id: now})
@@ -101,15 +126,35 @@ class Instances:
         for came in alive - self._alive:
             if came != self.id:
                 log.info("Instance %s is alive", came)
+        self._settle(now, alive, seen, asked)
         self._alive, self._last_seen = alive, seen
+
+    def _settle(
+        self, now: int, alive: frozenset[str], seen: dict[str, int], asked: frozenset[str]
+    ) -> None:
+        """Who is dead after a read: those alive before and not now, those asked about and
+        not alive, and those whose heartbeat is there but stale. Each is found dead once."""
+        dead = (self._alive | asked | seen.keys()) - alive - {self.id}
+        for instance in dead - self._gone.keys():
+            self._gone[instance] = now
+            self.found_dead.put_nowait(instance)
+        for instance in alive & self._gone.keys():
+            del self._gone[instance]  # it beats again: it was stalled, not dead
+        self._unknown -= asked | alive
+        for instance, at in list(self._gone.items()):
+            if at < now - FORGET_MS:
+                del self._gone[instance]  # long gone: if named again, a read says so again
 
     async def run_forever(self) -> None:
         while True:
+            self._read_now.clear()
             try:
                 await self.beat()
             except (RedisError, OSError) as exc:
                 log.debug("Heartbeat not written: %s", exc)
-            await asyncio.sleep(BEAT_SECONDS)
+            # The next read comes sooner if a socket id names an instance not heard of.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._read_now.wait(), BEAT_SECONDS)
 
     async def leave(self) -> None:
         """On a clean shutdown: others stop counting this instance at once."""
