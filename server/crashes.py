@@ -64,8 +64,13 @@ class Bindings:
         instance = owner(sid)
         if self._redis is None or instance is None:
             return
+        key = keys.instance_sessions(instance)
         try:
-            await self._redis.sadd(keys.instance_sessions(instance), binding(sid, token, role))
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.sadd(key, binding(sid, token, role))
+                # Outlives no session: members a lost leave left behind do not pile up.
+                pipe.expire(key, keys.SESSION_TTL_SECONDS)
+                await pipe.execute()
         except (RedisError, OSError) as exc:
             # The session still works; only a crash of that instance would go untold.
             log.warning("Binding of %s not recorded (%s)", sid, exc.__class__.__name__)
