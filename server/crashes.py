@@ -113,7 +113,6 @@ class Sweeper:
         self._instances = instances
         self._bindings = bindings
         self._tell = tell
-        self.swept = 0  # sessions told, for tests and /metrics
 
     async def run_forever(self) -> None:
         while True:
@@ -166,5 +165,4 @@ class Sweeper:
             self._again(instance, RETRY_SECONDS)  # the claim is still this survivor's
         if told:
             log.warning("Instance %s died: told %d sessions its sockets were in", instance, told)
-        self.swept += told
         return told
