@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+from collections.abc import Collection
 from typing import Final
 
 from redis import asyncio as aioredis
@@ -126,15 +127,16 @@ class Instances:
         for came in alive - self._alive:
             if came != self.id:
                 log.info("Instance %s is alive", came)
-        self._settle(now, alive, seen, asked)
+        self._settle(now, alive, seen.keys(), asked)
         self._alive, self._last_seen = alive, seen
 
     def _settle(
-        self, now: int, alive: frozenset[str], seen: dict[str, int], asked: frozenset[str]
+        self, now: int, alive: frozenset[str], present: Collection[str], asked: frozenset[str]
     ) -> None:
-        """Who is dead after a read: those alive before and not now, those asked about and
-        not alive, and those whose heartbeat is there but stale. Each is found dead once."""
-        dead = (self._alive | asked | seen.keys()) - alive - {self.id}
+        """Who is dead after a read (`present`: every heartbeat there, stale ones included):
+        those alive before and not now, those asked about and not alive, and those whose
+        heartbeat is there but stale. Each is found dead once."""
+        dead = (self._alive | asked | set(present)) - alive - {self.id}
         for instance in dead - self._gone.keys():
             self._gone[instance] = now
             self.found_dead.put_nowait(instance)
