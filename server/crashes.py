@@ -122,6 +122,9 @@ class Sweeper:
             except (RedisError, OSError) as exc:
                 log.warning("Sweep of dead instance %s failed (%s): retrying", instance, exc)
                 self._again(instance, RETRY_SECONDS)
+            except Exception:
+                # A bug: logged with its traceback; the instances that die next are swept.
+                log.exception("Sweep of dead instance %s failed", instance)
 
     def _again(self, instance: str, after: float) -> None:
         asyncio.get_running_loop().call_later(

@@ -4,6 +4,7 @@ session once, on a real Redis, clock injected. End to end with kill -9: test_ins
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Collection
 
 from redis import asyncio as aioredis
@@ -145,3 +146,26 @@ async def test_the_tracked_app_is_told_when_its_last_tracker_was_on_the_dead_ins
     await events.instance_died(T1, {Role.TRACKER})
 
     assert sio.sent == [(app, "trackerDisconnected", None)]
+
+
+async def test_an_instance_found_dead_by_the_heartbeat_is_swept_without_being_asked(
+    server_redis: aioredis.Redis,
+) -> None:
+    clock = FakeClock()
+    survivor, dead = Instances(clock, server_redis), Instances(clock, server_redis)
+    for instance in (dead, survivor):
+        await instance.beat()
+    bindings = Bindings(server_redis)
+    await bindings.bound(f"{dead.id}.app", T1, Role.TRACKED)
+    teller = Teller()
+    sweeping = asyncio.create_task(Sweeper(survivor, bindings, teller).run_forever())
+    try:
+        await beat_alone(survivor, clock)
+        async with asyncio.timeout(2):
+            while not teller.told:
+                await asyncio.sleep(0.01)
+    finally:
+        sweeping.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sweeping
+    assert teller.told == [(T1, frozenset({Role.TRACKED}))]
