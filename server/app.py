@@ -15,6 +15,7 @@ from . import demo, http, jsonlib, ops, tasks, transport
 from .alerts import Alerts
 from .clock import Clock, wall_ms
 from .codes import Codes
+from .crashes import Bindings, Sweeper
 from .events import Events
 from .instances import Instances
 from .limits import AttemptLimiter
@@ -82,6 +83,7 @@ class Shared(NamedTuple):
     limiter: AttemptLimiter
     codes: Codes
     relay: Relay | None
+    bindings: Bindings
 
 
 def build_shared(settings: Settings, clock: Clock) -> Shared:
@@ -91,7 +93,8 @@ def build_shared(settings: Settings, clock: Clock) -> Shared:
     if settings.redis_url is None:
         instances = Instances(clock)
         codes = Codes(clock, instances, grace_ms)
-        return Shared(instances, MemoryStore(clock), AttemptLimiter(clock, limit), codes, None)
+        memory = MemoryStore(clock)
+        return Shared(instances, memory, AttemptLimiter(clock, limit), codes, None, Bindings())
     redis = connect(
         settings.redis_url,
         timeout=settings.redis_timeout,
@@ -112,6 +115,7 @@ def build_shared(settings: Settings, clock: Clock) -> Shared:
         AttemptLimiter(clock, limit, redis, available),
         Codes(clock, instances, grace_ms, redis, available),
         Relay(redis, instances),
+        Bindings(redis),
     )
 
 
@@ -147,6 +151,7 @@ def create_app(settings: Settings, clock: Clock = wall_ms) -> web.Application:
         metrics=metrics,
         instances=shared.instances,
         codes=shared.codes,
+        bindings=shared.bindings,
     )
     events.attach()
     if isinstance(store, RedisPersistence):
@@ -170,6 +175,9 @@ def create_app(settings: Settings, clock: Clock = wall_ms) -> web.Application:
     app.cleanup_ctx.append(_background("pings", websockets.heartbeat.run, crashed))
     if webhooks is not None:
         app.cleanup_ctx.append(_background("webhooks", webhooks.run, crashed))
+    if shared.relay is not None:  # other instances may die: their people are told from here
+        sweeper = Sweeper(shared.instances, shared.bindings, events.instance_died)
+        app.cleanup_ctx.append(_background("crash-sweeper", sweeper.run_forever, crashed))
     app[DRAIN] = Drain()
     app.on_shutdown.append(_drain(events, settings.shutdown_timeout))
     return app

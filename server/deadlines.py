@@ -27,7 +27,12 @@ def member(kind: str, token: str) -> str:
 
 
 class MemoryDeadlines:
-    """Deadlines of a single process without Redis."""
+    """Deadlines of a single process without Redis.
+
+    A deadline that changes leaves its old heap entry behind (skipped when it comes up); once
+    the heap holds more than twice the live deadlines it is rebuilt from them, so a session
+    that checks in every few minutes for weeks costs two entries, not thousands.
+    """
 
     def __init__(self) -> None:
         self._due: dict[str, int] = {}
@@ -35,6 +40,11 @@ class MemoryDeadlines:
 
     def __len__(self) -> int:
         return len(self._due)
+
+    @property
+    def queued(self) -> int:
+        """Heap entries, superseded ones included."""
+        return len(self._heap)
 
     def set(self, token: str, due: dict[str, int], kinds: tuple[str, ...]) -> None:
         for kind in kinds:
@@ -45,6 +55,11 @@ class MemoryDeadlines:
             elif self._due.get(name) != when:
                 self._due[name] = when
                 heapq.heappush(self._heap, (when, name))
+        if len(self._heap) > 2 * len(self._due):
+            # Linear, after at least as many changes as there are live deadlines: amortised
+            # constant per change.
+            self._heap = [(when, name) for name, when in self._due.items()]
+            heapq.heapify(self._heap)
 
     async def claim(self, now: int, limit: int) -> list[Claimed]:
         claimed: list[Claimed] = []

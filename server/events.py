@@ -6,7 +6,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from contextvars import ContextVar
 from typing import Any
 from urllib.parse import parse_qs
@@ -17,6 +17,7 @@ from msgspec.structs import replace
 from . import errors, payloads, rules
 from .clock import Clock
 from .codes import Codes, Seen
+from .crashes import Bindings
 from .instances import Instances
 from .limits import AttemptLimiter, client_address
 from .logs import token_ref
@@ -55,6 +56,7 @@ class Events:
         metrics: Metrics | None = None,
         instances: Instances | None = None,
         codes: Codes | None = None,
+        bindings: Bindings | None = None,
     ) -> None:
         self.sio = sio
         self.metrics = metrics if metrics is not None else Metrics()
@@ -63,6 +65,8 @@ class Events:
         self.instances = instances if instances is not None else Instances(clock)
         self.codes = codes if codes is not None else Codes(clock, self.instances, code_grace_ms)
         self.presence = Presence()
+        # Every socket's sessions, in Redis too: if its instance dies, a survivor tells them.
+        self.bindings = bindings if bindings is not None else Bindings()
         self.code_grace_ms = code_grace_ms
         self.limiter = limiter if limiter is not None else AttemptLimiter(clock, limit=10)
         self.trust_proxy = trust_proxy
@@ -183,6 +187,7 @@ class Events:
                     return False
             else:
                 self.presence.bind(sid, token, Role.TRACKED)
+                await self.bindings.bound(sid, token, Role.TRACKED)
                 reply["sessionToken"] = token
         await self.sio.emit("codeRegistered", reply, to=sid)
         return True
@@ -230,13 +235,16 @@ class Events:
             await self.store.discard(token)
             return None
         tracked = entry.tracked_sid
-        if tracked is not None and self.instances.is_local(tracked):
-            self.presence.bind(tracked, token, Role.TRACKED)
+        if tracked is not None:
+            if self.instances.is_local(tracked):
+                self.presence.bind(tracked, token, Role.TRACKED)
+            await self.bindings.bound(tracked, token, Role.TRACKED)
         log.info("Session created: %s", token_ref(token))
         return token, session
 
     async def _tracking_started(self, sid: str, token: str, session: Session) -> None:
         self.presence.bind(sid, token, Role.TRACKER)
+        await self.bindings.bound(sid, token, Role.TRACKER)
         await self.sio.enter_room(sid, trackers_room(token))
         log.info("Tracker %s paired with session %s", sid, token_ref(token))
         await self.sio.emit("trackingStarted", {"sessionToken": token}, to=sid)
@@ -280,6 +288,7 @@ class Events:
                 await self._error(sid, errors.INVALID_SESSION)
                 return
             self.presence.bind(sid, token, Role.TRACKED)
+            await self.bindings.bound(sid, token, Role.TRACKED)
             seen = await self.codes.for_token(token)
             if seen is not None and seen.entry is not None:
                 # The app's code is its own again (a lost race only means it re-registers).
@@ -300,6 +309,7 @@ class Events:
             return
         session, pending = updated_tracker
         self.presence.bind(sid, token, Role.TRACKER)
+        await self.bindings.bound(sid, token, Role.TRACKER)
         await self.sio.enter_room(sid, trackers_room(token))
         await self.sio.emit(
             "sessionReconnected", {"sessionToken": token, "role": "tracker"}, to=sid
@@ -416,6 +426,25 @@ class Events:
                 and not self.draining
             ):
                 await self.sio.emit("trackerDisconnected", to=session.tracked_socket_id)
+        await self.bindings.left(sid, bindings)
+
+    async def instance_died(self, token: str, roles: Collection[Role]) -> None:
+        """Sockets of a dead instance were bound in this session in these roles: they left by
+        a transport close. The store drops them (ids of a dead instance do not count); who is
+        told is decided on the record as it is now, which a write elsewhere may have pruned
+        already, or in which the app or a tracker may be back on another instance."""
+        session = await self.store.current(token)
+        if session is None:
+            return
+        if Role.TRACKED in roles and session.tracked_socket_id is None:
+            log.info("Tracked person left session %s (instance died)", token_ref(token))
+            await self._emit_to_trackers(token, "trackedPersonDisconnected")
+        if (
+            Role.TRACKER in roles
+            and not session.tracker_socket_ids
+            and session.tracked_socket_id is not None
+        ):
+            await self.sio.emit("trackerDisconnected", to=session.tracked_socket_id)
 
 
 def _with(rule: Callable[..., Session], *args: Any) -> Callable[[Session], tuple[Session, None]]:

@@ -10,14 +10,20 @@ seconds of skew between hosts must not kill a live instance.
 The heartbeat is also how this instance watches Redis (every second, even with no client):
 each beat is bounded in time and its listeners hear whether it went through, and it reads the
 data marker, a key written once into an empty Redis: a new marker means Redis lost its data.
+
+An instance this one has not heard of is not dead: it may have started since the last read
+(its first heartbeat precedes its first socket). A socket id naming one asks for a read now;
+only a read that began after the question can find it dead (stale, or absent: it left).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
+from collections.abc import Collection
 from typing import Final, Protocol
 
 from redis import asyncio as aioredis
@@ -91,21 +97,41 @@ class Instances:
         self._offset = 0  # this host's clock minus Redis's, at the last beat
         self._last_beat = 0  # when this instance last wrote its heartbeat (Redis's time)
         self._grace_until = 0  # nobody is declared dead before then (Redis's time)
+        self._kept: frozenset[str] = frozenset()  # alive when Redis lost its data
         self.marker: str | None = None  # the data marker as last read
         self.beat_at: float | None = None  # time.monotonic() of the last beat that went through
         self.listeners: list[BeatListener] = []
+        # Instances known dead (stale heartbeat, or gone from the set): when that was learnt.
+        self._gone: dict[str, int] = {}
+        # Instances named by a socket id that the last read did not know: live until a read
+        # that began after the question says otherwise.
+        self._unknown: set[str] = set()
+        self._read_now = asyncio.Event()
+        # Instances found dead, for the sweep that tells their sockets' sessions (crashes.py).
+        self.found_dead: asyncio.Queue[str] = asyncio.Queue()
 
     @property
     def others(self) -> bool:
-        """Whether any other instance is alive (and may hold sockets to deliver to)."""
-        return len(self._alive) > 1
+        """Whether another instance may be alive (and hold sockets to deliver to): one that
+        beats, or one a socket id named that no read has answered for yet."""
+        return len(self._alive) > 1 or bool(self._unknown)
 
     def alive(self) -> frozenset[str]:
         return self._alive
 
     def is_live(self, sid: str) -> bool:
-        """Whether a socket id may still be connected: its instance is alive."""
-        return owner(sid) in self._alive
+        """Whether a socket id may still be connected: its instance is not known dead."""
+        instance = owner(sid)
+        if instance is None:
+            return False  # made by the Node server: none of its sockets is connected here
+        if instance in self._alive:
+            return True
+        if instance in self._gone:
+            return False
+        if instance not in self._unknown:
+            self._unknown.add(instance)
+            self._read_now.set()
+        return True
 
     def is_local(self, sid: str) -> bool:
         return owner(sid) == self.id
@@ -124,12 +150,16 @@ class Instances:
         """Write this instance's heartbeat and read everyone's (one round trip)."""
         if self._beat_script is None:
             return
+        asked = frozenset(self._unknown)  # the questions this read answers
         now, marker, scores = await self._beat_script(
             keys=[keys.INSTANCES, keys.DATA_MARKER], args=[self.id, FORGET_MS, secrets.token_hex(8)]
         )
         now = int(now)
         self._offset = self._clock() - now
-        self.marker = marker.decode() if isinstance(marker, bytes) else str(marker)
+        previous, self.marker = (
+            self.marker,
+            marker.decode() if isinstance(marker, bytes) else str(marker),
+        )
         self.beat_at = time.monotonic()
         seen = {
             (name.decode() if isinstance(name, bytes) else name): int(float(score))
@@ -141,14 +171,21 @@ class Instances:
             # the others may not have either. They get one full period to beat again before
             # their sockets stop counting.
             self._grace_until = now + self.alive_ms
+            self._kept = frozenset()
+        if previous is not None and self.marker != previous:
+            # Redis lost its data, and every heartbeat with it: nobody died of that. Those alive
+            # before get a full period to beat again.
+            self._grace_until = now + self.alive_ms
+            self._kept = self._alive
         if now < self._grace_until:
-            alive |= self._alive & seen.keys()  # not those that left cleanly
+            alive |= self._alive & (seen.keys() | self._kept)  # not those that left cleanly
         self._last_beat = now
         for gone in self._alive - alive:
             log.warning("Instance %s stopped sending heartbeats: its sockets no longer count", gone)
         for came in alive - self._alive:
             if came != self.id:
                 log.info("Instance %s is alive", came)
+        self._settle(now, alive, seen.keys(), asked)
         self._alive, self._last_seen = alive, seen
 
     async def check(self) -> bool:
@@ -168,10 +205,30 @@ class Instances:
             listener.beat_ok(self.marker)
         return True
 
+    def _settle(
+        self, now: int, alive: frozenset[str], present: Collection[str], asked: frozenset[str]
+    ) -> None:
+        """Who is dead after a read (`present`: every heartbeat there, stale ones included):
+        those alive before and not now, those asked about and not alive, and those whose
+        heartbeat is there but stale. Each is found dead once."""
+        dead = (self._alive | asked | set(present)) - alive - {self.id}
+        for instance in dead - self._gone.keys():
+            self._gone[instance] = now
+            self.found_dead.put_nowait(instance)
+        for instance in alive & self._gone.keys():
+            del self._gone[instance]  # it beats again: it was stalled, not dead
+        self._unknown -= asked | alive
+        for instance, at in list(self._gone.items()):
+            if at < now - FORGET_MS:
+                del self._gone[instance]  # long gone: if named again, a read says so again
+
     async def run_forever(self) -> None:
         while True:
+            self._read_now.clear()
             await self.check()
-            await asyncio.sleep(BEAT_SECONDS)
+            # The next read comes sooner if a socket id names an instance not heard of.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._read_now.wait(), BEAT_SECONDS)
 
     async def leave(self) -> None:
         """On a clean shutdown: others stop counting this instance at once."""

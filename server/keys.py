@@ -32,3 +32,14 @@ def code(value: str) -> str:
 def code_of(token: str) -> str:
     """The paired code of a session, for the tracked app that reconnects with a new socket."""
     return f"code-of:{token}"
+
+
+def instance_sessions(instance: str) -> str:
+    """Set of `<role>:<token>:<sid>`: where the sockets of one instance are bound, so that a
+    survivor can tell their sessions when the instance dies."""
+    return f"instance-sessions:{instance}"
+
+
+def instance_sweep(instance: str) -> str:
+    """Who sweeps a dead instance's sessions (SET NX): exactly one survivor does."""
+    return f"instance-sweep:{instance}"

@@ -506,7 +506,7 @@ class RedisPersistence(_StoreBase):
         limit = self._clock() - IDLE_EVICT_MS
         idle = [
             token
-            for token, at in self._written.items()
+            for token, at in self._used.items()
             if at < limit
             and token not in self._dirty
             and token not in self._ops

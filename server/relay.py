@@ -7,8 +7,12 @@ the raising pool, never builds a second pool on an error (a failed publish is co
 once per outage and dropped: the app learns on reconnect what it missed), and its listener
 comes back within 2 s, not 60 s, and hands its connection back to the pool when it fails.
 
-Nothing is published while no other instance is alive, and an event for a socket of this
-instance is never published: one instance costs what it did before.
+A socket id names its instance: an event for one socket is published when that instance is
+another one not known dead (one just started, not heard of yet, included). An event for a room
+(a session's trackers) is published while another instance may be alive: one that beats, or one
+a socket id in a record named before any heartbeat read answered for it. Every emit to a room
+follows the write of its session, and that write saw every tracker's id. An instance alone
+(no other heartbeat, no id naming another) publishes nothing: it costs what it did before.
 """
 
 from __future__ import annotations
@@ -82,15 +86,13 @@ class Relay(socketio.AsyncRedisManager):  # type: ignore[misc]
         )
 
     def _elsewhere(self, room: Any) -> bool:
-        """Whether the recipients may include sockets of another live instance."""
-        if not self.instances.others:
-            return False
-        if not isinstance(room, str):
-            return True  # everyone, or several rooms
-        instance = owner(room)
+        """Whether the recipients may include sockets of another instance that is not dead."""
+        instance = owner(room) if isinstance(room, str) else None
         if instance is None:
-            return True  # a named room (a session's trackers): members may be anywhere
-        return instance != self.instances.id and instance in self.instances.alive()
+            # Everyone, several rooms, or a named room (a session's trackers): members may
+            # be on any instance that may be alive.
+            return self.instances.others
+        return instance != self.instances.id and self.instances.is_live(room)
 
     async def _handle_emit(self, message: dict[str, Any]) -> None:
         """An event from another instance, for this instance's sockets."""

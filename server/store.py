@@ -84,6 +84,9 @@ class MemoryStore:
         self._clock = clock
         self._sessions: dict[str, Session] = {}
         self._written: dict[str, int] = {}
+        # Per token: when an event, the scheduler or a route last asked for it (read or write).
+        # A record read and never changed here is as much in memory as one written here.
+        self._used: dict[str, int] = {}
         self.deadlines: MemoryDeadlines | RedisDeadlines = MemoryDeadlines()
 
     def __len__(self) -> int:
@@ -105,11 +108,13 @@ class MemoryStore:
     async def load(self, token: str) -> Session | None:
         session = self._sessions.get(token)
         if session is not None:
+            self._used[token] = self._clock()
             return session
         fetched = await self._fetch(token)
         if fetched is None:
             return None
         # Another event may have loaded (and changed) it while we waited: theirs wins.
+        self._used[token] = self._clock()
         return self._sessions.setdefault(token, fetched)
 
     async def create(self, token: str, session: Session) -> None:
@@ -151,7 +156,7 @@ class MemoryStore:
 
     def _remember(self, token: str, session: Session) -> None:
         self._sessions[token] = session
-        self._written[token] = self._clock()
+        self._written[token] = self._used[token] = self._clock()
         if isinstance(self.deadlines, MemoryDeadlines):
             self.deadlines.set(token, deadlines(session, self._clock()), KINDS)
 
@@ -166,6 +171,7 @@ class MemoryStore:
     def _forget(self, token: str) -> None:
         self._sessions.pop(token, None)
         self._written.pop(token, None)
+        self._used.pop(token, None)
 
     async def _fetch(self, token: str) -> Session | None:
         return None

@@ -101,3 +101,62 @@ async def test_the_heartbeat_tells_its_listeners_whether_redis_answered(
     other = Instances(FakeClock(), server_redis)
     await other.beat()
     assert other.marker == instances.marker
+
+
+async def test_an_instance_not_heard_of_yet_counts_alive_until_a_read_says_otherwise(
+    server_redis: aioredis.Redis,
+) -> None:
+    clock = FakeClock()
+    a = Instances(clock, server_redis)
+    await a.beat()
+    assert not a.others
+    b = Instances(clock, server_redis)
+    await b.beat()  # b started after a's last read: a has not heard of it
+
+    assert a.is_live(f"{b.id}.sid")  # not dead for being new
+    assert a.others  # a push for a room may have members on b
+    clock.now += 1000
+    await a.beat()
+    assert a.alive() == {a.id, b.id} and a.is_live(f"{b.id}.sid")
+
+
+async def test_an_instance_named_by_a_socket_but_absent_from_the_heartbeats_has_left(
+    server_redis: aioredis.Redis,
+) -> None:
+    clock = FakeClock()
+    a = Instances(clock, server_redis)
+    await a.beat()
+    assert a.is_live("0badc0de.sid")  # asked before any read answered for it
+    await a.beat()  # a read that began after the question: no heartbeat, it left
+    assert not a.is_live("0badc0de.sid") and not a.others
+    assert a.found_dead.get_nowait() == "0badc0de"
+
+
+async def test_an_instance_whose_heartbeat_stops_is_found_dead_once(
+    server_redis: aioredis.Redis,
+) -> None:
+    clock, a, b = await two_beating(server_redis)
+    await beat_alone(a, clock)
+    await a.beat()
+    assert a.found_dead.get_nowait() == b.id
+    assert a.found_dead.empty()
+    # Its stale heartbeat is what a newly started instance finds too.
+    c = Instances(clock, server_redis, alive_ms=ALIVE_MS)
+    await c.beat()
+    assert not c.is_live(f"{b.id}.sid")
+    assert c.found_dead.get_nowait() == b.id
+    assert c.found_dead.empty()
+
+
+async def test_a_redis_that_lost_its_data_kills_nobody(server_redis: aioredis.Redis) -> None:
+    # Every heartbeat goes with the data: the first beat after finds only itself. The others
+    # did not die of that, and get a period to beat again (else their sockets stop counting
+    # and their people are told they left).
+    _, a, b = await two_beating(server_redis)
+    await server_redis.flushall()
+    await a.beat()
+    assert a.alive() == {a.id, b.id} and a.is_live(f"{b.id}.sid")
+    assert a.found_dead.empty()
+    await b.beat()
+    await a.beat()
+    assert a.alive() == {a.id, b.id}

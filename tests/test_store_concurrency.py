@@ -163,9 +163,9 @@ async def test_one_code_registered_on_two_instances_at_once_has_one_owner(
     server_redis: aioredis.Redis,
 ) -> None:
     clock = FakeClock()
+    readers = Instances(clock, server_redis), Instances(clock, server_redis)
     first, second = (
-        Codes(clock, Instances(clock, server_redis), 300_000, server_redis, lambda: True)
-        for _ in "ab"
+        Codes(clock, instances, 300_000, server_redis, lambda: True) for instances in readers
     )
     code = str(secrets.randbelow(900_000) + 100_000)
     seen = [await first.get(code), await second.get(code)]
@@ -174,7 +174,10 @@ async def test_one_code_registered_on_two_instances_at_once_has_one_owner(
     won = [await first.put(entries[0], seen[0]), await second.put(entries[1], seen[1])]
     assert won[0] is not None and won[1] is None
     assert (await second.get(code)).raw == won[0].raw  # the first one's entry
-    # Its owner is on an instance that is not alive: to the second one it has left.
+    # Its owner is on an instance the second one has not heard of: not dead for that...
+    assert (await second.get(code)).entry == entries[0]
+    # ...until a heartbeat read finds no heartbeat of it: it has left.
+    await readers[1].beat()
     assert (await second.get(code)).entry == PendingCode(
         code=code, tracked_sid=None, expires_at=NOW + 1, left_at=0
     )

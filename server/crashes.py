@@ -1,0 +1,171 @@
+"""A crashed instance's people: the survivors tell them.
+
+An instance killed with -9 tells nobody that its sockets are gone. So each binding of a socket
+to a session is also kept in Redis, in a set per instance (keys.instance_sessions), added when
+a socket joins a session (by whichever instance writes the record: a tracker's instance binds
+the tracked app's socket it paired with) and removed when the socket leaves. When an instance
+is found dead (instances.py), one survivor, the one whose claim (SET NX) wins, walks its set:
+each session is changed through the store like any other change (the dead sockets drop out, as
+ids of a dead instance do not count) and its people are told as a transport close would tell
+them. A survivor whose claim lost looks again once the claim has run out, in case the winner
+died too: a set fully walked is gone by then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Collection
+from typing import Final
+
+from redis import asyncio as aioredis
+from redis.exceptions import RedisError
+
+from . import keys
+from .instances import Instances, owner
+from .logs import token_ref
+from .presence import Role
+from .store import StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+CLAIM_MS: Final = 60_000  # a sweep takes far less; a winner that dies is replaced after this
+PARALLEL: Final = 50  # sessions changed at once (their writes share the store's group commit)
+RETRY_SECONDS: Final = 2.0  # Redis away during a sweep: try again
+
+TRANSIENT: Final = (StoreUnavailable, RedisError, OSError)
+
+Told = Callable[[str, Collection[Role]], Awaitable[None]]
+
+
+def binding(sid: str, token: str, role: Role) -> str:
+    return f"{role.value}:{token}:{sid}"
+
+
+def parse(member: bytes | str) -> tuple[Role, str, str] | None:
+    text = member.decode() if isinstance(member, bytes) else member
+    role, _, rest = text.partition(":")
+    token, _, sid = rest.partition(":")
+    try:
+        return Role(role), token, sid
+    except ValueError:
+        return None
+
+
+class Bindings:
+    """Where each instance's sockets are bound, in Redis; nothing without Redis (one instance:
+    nobody survives it)."""
+
+    def __init__(self, redis: aioredis.Redis | None = None) -> None:
+        self._redis = redis
+
+    async def bound(self, sid: str, token: str, role: Role) -> None:
+        instance = owner(sid)
+        if self._redis is None or instance is None:
+            return
+        key = keys.instance_sessions(instance)
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.sadd(key, binding(sid, token, role))
+                # Outlives no session: members a lost leave left behind do not pile up.
+                pipe.expire(key, keys.SESSION_TTL_SECONDS)
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            # The session still works; only a crash of that instance would go untold.
+            log.warning("Binding of %s not recorded (%s)", sid, exc.__class__.__name__)
+
+    async def left(self, sid: str, bindings: Collection[tuple[str, Role]]) -> None:
+        instance = owner(sid)
+        if self._redis is None or instance is None or not bindings:
+            return
+        members = [binding(sid, token, role) for token, role in bindings]
+        try:
+            await self._redis.srem(keys.instance_sessions(instance), *members)
+        except (RedisError, OSError) as exc:
+            log.warning("Bindings of %s not removed (%s)", sid, exc.__class__.__name__)
+
+    async def claim(self, instance: str, by: str) -> bool:
+        """Whether `by` sweeps `instance`: its claim is new, or its own from a try that failed."""
+        assert self._redis is not None
+        key = keys.instance_sweep(instance)
+        if await self._redis.set(key, by, nx=True, px=CLAIM_MS):
+            return True
+        holder = await self._redis.get(key)
+        return (holder.decode() if isinstance(holder, bytes) else holder) == by
+
+    async def of(self, instance: str) -> list[tuple[Role, str, str]]:
+        assert self._redis is not None
+        members = await self._redis.smembers(keys.instance_sessions(instance))
+        return [parsed for member in members if (parsed := parse(member)) is not None]
+
+    async def done(self, instance: str, members: Collection[tuple[Role, str, str]]) -> None:
+        assert self._redis is not None
+        if members:
+            encoded = [binding(sid, token, role) for role, token, sid in members]
+            await self._redis.srem(keys.instance_sessions(instance), *encoded)
+
+
+class Sweeper:
+    """Walks the sessions of each instance found dead, telling each through `tell`."""
+
+    def __init__(self, instances: Instances, bindings: Bindings, tell: Told) -> None:
+        self._instances = instances
+        self._bindings = bindings
+        self._tell = tell
+
+    async def run_forever(self) -> None:
+        while True:
+            instance = await self._instances.found_dead.get()
+            try:
+                await self.sweep(instance)
+            except (RedisError, OSError) as exc:
+                log.warning("Sweep of dead instance %s failed (%s): retrying", instance, exc)
+                self._again(instance, RETRY_SECONDS)
+            except Exception:
+                # A bug: logged with its traceback; the instances that die next are swept.
+                log.exception("Sweep of dead instance %s failed", instance)
+
+    def _again(self, instance: str, after: float) -> None:
+        asyncio.get_running_loop().call_later(
+            after, self._instances.found_dead.put_nowait, instance
+        )
+
+    async def sweep(self, instance: str) -> int:
+        """Tell the sessions of a dead instance, if this survivor wins the claim; returns how
+        many sessions were told."""
+        if not await self._bindings.claim(instance, self._instances.id):
+            # Another survivor sweeps; look again once its claim runs out, in case it died.
+            self._again(instance, CLAIM_MS / 1000)
+            return 0
+        members = await self._bindings.of(instance)
+        by_token: dict[str, set[Role]] = defaultdict(set)
+        for role, token, _ in members:
+            by_token[token].add(role)
+        tokens = list(by_token)
+        told, retry = 0, False
+        for start in range(0, len(tokens), PARALLEL):
+            chunk = tokens[start : start + PARALLEL]
+            results = await asyncio.gather(
+                *(self._tell(token, by_token[token]) for token in chunk), return_exceptions=True
+            )
+            failed = set()
+            for token, result in zip(chunk, results, strict=True):
+                if isinstance(result, TRANSIENT):
+                    failed.add(token)  # Redis away: told on the next try
+                elif isinstance(result, BaseException):
+                    log.error(
+                        "Telling session %s of a dead instance failed",
+                        token_ref(token),
+                        exc_info=result,
+                    )
+            await self._bindings.done(
+                instance, [m for m in members if m[1] in chunk and m[1] not in failed]
+            )
+            told += len(chunk) - len(failed)
+            retry = retry or bool(failed)
+        if retry:
+            self._again(instance, RETRY_SECONDS)  # the claim is still this survivor's
+        if told:
+            log.warning("Instance %s died: told %d sessions its sockets were in", instance, told)
+        return told
