@@ -166,9 +166,15 @@ class View:
                 continue
             if entry.event != event:
                 continue
-            with_join = join_open is not None and entry.t - join_open <= DELIVERY_MS
+            stamp = _timestamp(entry)
+            # What a join reply carries happened before it: a newer one is a push.
+            with_join = (
+                join_open is not None
+                and entry.t - join_open <= DELIVERY_MS
+                and (stamp or 0) < join_open
+            )
             join_open = None
-            if _timestamp(entry) != timestamp:
+            if stamp != timestamp:
                 continue
             if with_join:
                 joins += 1
@@ -571,10 +577,11 @@ def paired_code_keeps_its_session(h: History) -> Verdict:
         if entry.token is None or h.roles.get(entry.client) != "tracked":
             continue
         checked += 1
-        if entry.session != entry.token:
+        given = _field(entry.payload, "sessionToken")
+        if given != entry.token:
             evidence.append(
                 f"{entry.client} {ref(entry.token)}: registerCode of its paired code answered "
-                f"at {view.at(entry.t)} with sessionToken {ref(entry.session)}"
+                f"at {view.at(entry.t)} with sessionToken {ref(given)}"
             )
     return _verdict("a paired code keeps its session", checked, evidence)
 
