@@ -165,6 +165,12 @@ def test_a_confirmed_check_in_missing_from_redis_fails() -> None:
     fails(checker.confirmed_checkins_persisted, h, "no record in Redis")
 
 
+def test_a_session_missing_from_redis_fails() -> None:
+    h = story()
+    del settled(h).records[TOKEN]
+    fails(checker.sessions_persisted, h, TRACKER, "paired at +0.1s", "no record")
+
+
 def test_a_session_answered_invalid_fails() -> None:
     h = story()
     h.entries.append(at(400, APP, SENT, APP_SID, "getStatus", {"sessionToken": TOKEN}, TOKEN))
@@ -278,6 +284,13 @@ def test_a_missed_check_in_that_never_reaches_a_connected_tracker_fails() -> Non
     h = story()
     drop(h, "checkInMissed")  # pending in the record, but nobody was told
     fails(checker.missed_checkin_reaches_trackers_once, h, TRACKER, "never heard the missed")
+
+
+def test_an_alert_made_pending_by_get_status_is_not_a_deadline_to_push() -> None:
+    h = story()
+    settled(h).records[TOKEN]["pendingAlert"] = DUE + 1_234  # getStatus saw it first
+    drop(h, "checkInMissed")
+    assert checker.missed_checkin_reaches_trackers_once(h).ok
 
 
 def test_a_missed_check_in_pushed_twice_fails() -> None:

@@ -260,6 +260,22 @@ def confirmed_checkins_persisted(h: History) -> Verdict:
     return _verdict("confirmed check-ins are in Redis", len(latest), evidence)
 
 
+def sessions_persisted(h: History) -> Verdict:
+    """Every session the server handed out is in Redis once things settle (nothing in a run
+    deletes one: also after Redis restarted empty, the instances hold them and write them)."""
+    view, snapshot = View(h), _settled(h)
+    issued: dict[str, Entry] = {}
+    for entry in view.received("trackingStarted"):
+        if entry.session is not None and entry.phase != FINAL:
+            issued.setdefault(entry.session, entry)
+    evidence = [
+        f"{entry.client} {ref(token)}: paired at {view.at(entry.t)}; no record in Redis"
+        for token, entry in issued.items()
+        if token not in snapshot.records
+    ]
+    return _verdict("every session is in Redis", len(issued), evidence)
+
+
 def session_tokens_stay_valid(h: History) -> Verdict:
     """A token the server handed out is never answered `Invalid session token` (nothing in the
     run deletes a session: records live 30 days)."""
@@ -479,11 +495,11 @@ def checkin_heard_once(h: History) -> Verdict:
                 continue  # hung up before the join's last check-in could come
             request = view.request_of(entry, ("trackCode", "reconnectSession"))
             asked = request.t if request is not None else entry.t
-            before = [s for c, s in _confirmed(view) if c.token == token and c.t < asked]
+            before = [(s, c) for c, s in _confirmed(view) if c.token == token and c.t < asked - 100]
             if not before:
                 continue
             checked += 1
-            last = max(before)
+            last, confirm = max(before, key=lambda sc: sc[0])
             heard = [
                 e
                 for e in socket.entries
@@ -493,7 +509,11 @@ def checkin_heard_once(h: History) -> Verdict:
                 and entry.t <= e.t <= entry.t + DELIVERY_MS
                 and (_timestamp(e) or 0) >= last
             ]
-            if not heard:
+            confirmed_on = view.sockets.get(confirm.sid or "")
+            across = confirmed_on is None or confirmed_on.instance != socket.instance
+            if not heard and across and view.redis_away(confirm.t - 1_000, entry.t):
+                excused += 1  # held in the other instance's memory while Redis was away
+            elif not heard:
                 evidence.append(
                     f"{socket.client} {ref(token)}: joined at {view.at(entry.t)} without "
                     f"hearing the last confirmed check-in {last}"
@@ -504,8 +524,17 @@ def checkin_heard_once(h: History) -> Verdict:
 
 
 def missed_checkin_reaches_trackers_once(h: History) -> Verdict:
-    """Every missed check-in reaches each tracker connected when it fires, exactly once."""
+    """Every missed check-in reaches each tracker connected when it fires, exactly once.
+
+    A missed check-in is an alert deadline (an alertTimeEnd the app was told) that fired: some
+    tracker heard it, or the record holds it pending. (getStatus makes an alert pending with
+    its own time, as the Node server did; the push is the deadline's.)"""
     view, snapshot = View(h), _settled(h)
+    deadlines: set[tuple[str, int]] = set()
+    for entry in view.received("timersSet"):
+        due = _field(entry.payload, "alertTimeEnd")
+        if entry.token is not None and isinstance(due, int | float):
+            deadlines.add((entry.token, int(due)))
     fired: set[tuple[str, int]] = set()
     for entry in view.received("checkInMissed"):
         stamp = _timestamp(entry)
@@ -515,6 +544,7 @@ def missed_checkin_reaches_trackers_once(h: History) -> Verdict:
         pending = _field(record, "pendingAlert")
         if pending is not None:
             fired.add((token, int(pending)))
+    fired &= deadlines
     evidence, checked, early = [], 0, 0
     for token, stamp in sorted(fired, key=lambda f: f[1]):
         deliver_by = stamp + view.slack(stamp)
@@ -647,6 +677,7 @@ def memory_returns(h: History) -> Verdict:
 
 CHECKS: Final[tuple[Callable[[History], Verdict], ...]] = (
     confirmed_checkins_persisted,
+    sessions_persisted,
     session_tokens_stay_valid,
     armed_deadlines_fire,
     no_ghost_sockets,
