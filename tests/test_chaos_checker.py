@@ -317,6 +317,15 @@ def test_more_wrong_codes_evaluated_than_the_limit_fails() -> None:
     assert checker.attempt_limit_holds(h).ok
 
 
+def test_a_six_digit_code_answered_with_a_format_complaint_fails() -> None:
+    h = story()
+    h.entries.append(at(1_100, GUESSER, SENT, GUESSER_SID, "trackCode", "000999"))
+    h.entries.append(
+        at(1_101, GUESSER, RECV, GUESSER_SID, "error", errors.INVALID_CODE, awaiting="trackCode")
+    )
+    fails(checker.wrong_codes_get_node_words, h, "'000999'", "6 digits")
+
+
 def test_healthz_saying_up_while_redis_is_down_fails() -> None:
     h = story()
     h.faults.append(FaultRecord("redis-restart", T0 + 5_000, T0 + 9_500))

@@ -44,6 +44,7 @@ TOKEN_REQUESTS: Final = ("reconnectSession", "checkIn", "setTimers", "getStatus"
 INSTANCE_FAULTS: Final = ("sigterm", "kill9")
 REDIS_FAULTS: Final = ("redis-restart", "redis-stall")
 _WHOLE_TOKEN: Final = re.compile(r"[0-9a-f]{64}")
+SIX_DIGITS: Final = re.compile(r"[0-9]{6}")
 
 
 @dataclass
@@ -94,7 +95,7 @@ class View:
     def __init__(self, history: History) -> None:
         self.h = history
         self.sockets: dict[str, Socket] = {}
-        for entry in history.entries:
+        for entry in sorted(history.entries, key=lambda e: e.t):  # stable: ties keep order
             if entry.sid is None:
                 continue
             socket = self.sockets.get(entry.sid)
@@ -616,6 +617,26 @@ def paired_code_keeps_its_session(h: History) -> Verdict:
     return _verdict("a paired code keeps its session", checked, evidence)
 
 
+def wrong_codes_get_node_words(h: History) -> Verdict:
+    """Any six-digit string that is not a live code is answered `Invalid or expired code` (the
+    Node server's words, which the apps show), never a format complaint."""
+    view = View(h)
+    evidence, checked = [], 0
+    for entry in view.received("error"):
+        request = view.request_of(entry, ("trackCode",))
+        if request is None or entry.awaiting != "trackCode":
+            continue
+        if not (isinstance(request.payload, str) and SIX_DIGITS.fullmatch(request.payload)):
+            continue
+        checked += 1
+        if entry.payload == errors.INVALID_CODE:
+            evidence.append(
+                f"{entry.client}: trackCode({request.payload!r}) at {view.at(request.t)} "
+                f"answered {entry.payload!r}"
+            )
+    return _verdict("six-digit codes get the Node server's words", checked, evidence)
+
+
 def healthz_agrees(h: History) -> Verdict:
     """/healthz says "redis": "up" (200) exactly when Redis answers, give or take 2 s."""
     view = View(h)
@@ -687,6 +708,7 @@ CHECKS: Final[tuple[Callable[[History], Verdict], ...]] = (
     checkin_heard_once,
     missed_checkin_reaches_trackers_once,
     attempt_limit_holds,
+    wrong_codes_get_node_words,
     healthz_agrees,
     logs_clean,
     memory_returns,

@@ -149,7 +149,8 @@ def _step(rng: random.Random, role: Role, act: Act, instances: int, n_tracked: i
 
 def _guess_step(rng: random.Random, instances: int) -> Step:
     count = rng.randint(3, 8)
-    codes = tuple(f"{rng.randint(100, 999)}{GUESS_SUFFIX}" for _ in range(count))
+    # Some start with 0: six digits all the same, which the Node server answered as any other.
+    codes = tuple(f"{rng.randint(0, 999):03d}{GUESS_SUFFIX}" for _ in range(count))
     return Step(
         Act.GUESS,
         round(rng.uniform(0.5, 3.0), 3),
