@@ -302,6 +302,17 @@ def test_a_missed_check_in_pushed_twice_fails() -> None:
     fails(checker.missed_checkin_reaches_trackers_once, h, "pushed 2 times")
 
 
+def test_an_alert_for_a_deadline_a_check_in_moved_fails() -> None:
+    h = story()
+    h.entries += [
+        at(1_000, APP, SENT, APP_SID, "checkIn", TOKEN, TOKEN),
+        at(1_010, APP, RECV, APP_SID, "checkInConfirmed", {"timestamp": T0 + 1_000}, TOKEN,
+           "checkIn"),
+    ]  # fmt: skip
+    h.entries.sort(key=lambda e: e.t)
+    fails(checker.no_false_alarms, h, TRACKER, "had checked in at +1.0s")
+
+
 def test_more_wrong_codes_evaluated_than_the_limit_fails() -> None:
     h = story()
     for n in range(2):

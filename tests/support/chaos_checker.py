@@ -572,6 +572,38 @@ def missed_checkin_reaches_trackers_once(h: History) -> Verdict:
     )
 
 
+def no_false_alarms(h: History) -> Verdict:
+    """No tracker hears of a missed check-in for a deadline that a confirmed check-in had
+    already moved: the check-in was sent after the deadline was set, and confirmed before it."""
+    view = View(h)
+    announced: dict[tuple[str, int], int] = {}
+    for entry in view.received("timersSet"):
+        due = _field(entry.payload, "alertTimeEnd")
+        if entry.token is not None and isinstance(due, int | float):
+            announced.setdefault((entry.token, int(due)), entry.t)
+    confirmed = [(c, view.request_of(c, ("checkIn",))) for c, _ in _confirmed(view)]
+    evidence, checked = [], 0
+    for entry in view.received("checkInMissed"):
+        stamp = _timestamp(entry)
+        if entry.session is None or stamp is None or (entry.session, stamp) not in announced:
+            continue
+        checked += 1
+        armed = announced[(entry.session, stamp)]
+        for confirm, request in confirmed:
+            if request is None or confirm.token != entry.session:
+                continue
+            if armed < request.t and confirm.t < stamp - 200:
+                if view.redis_away(request.t, stamp):
+                    break  # the check-in may be held in one instance while another fires
+                evidence.append(
+                    f"{entry.client} {ref(entry.session)}: checkInMissed for {view.at(stamp)} "
+                    f"at {view.at(entry.t)}, but {confirm.client} had checked in at "
+                    f"{view.at(confirm.t)}"
+                )
+                break
+    return _verdict("no alert for a deadline a check-in moved", checked, evidence)
+
+
 def attempt_limit_holds(h: History) -> Verdict:
     """No address has more failed code attempts evaluated in one window than the limit, across
     instances. Counted: wrong-code answers whose request went out in the same window. A Redis
@@ -707,6 +739,7 @@ CHECKS: Final[tuple[Callable[[History], Verdict], ...]] = (
     paired_code_keeps_its_session,
     checkin_heard_once,
     missed_checkin_reaches_trackers_once,
+    no_false_alarms,
     attempt_limit_holds,
     wrong_codes_get_node_words,
     healthz_agrees,

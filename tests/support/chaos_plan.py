@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Final
 
 TRANSPORTS: Final = ("websocket", "polling", "upgrade")  # upgrade: polling, then websocket
@@ -88,11 +88,6 @@ class Plan:
     faults: tuple[FaultPlan, ...]
     instances: int
     seconds: float
-    guess_address: str = "10.99.0.1"
-    extra: dict[str, str] = field(default_factory=dict)
-
-    def tracked(self) -> list[ClientPlan]:
-        return [c for c in self.clients if c.role is Role.TRACKED]
 
 
 _TRACKED_WEIGHTS: Final = {
