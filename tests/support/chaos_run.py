@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import tempfile
 import time
 from collections.abc import Callable
@@ -60,6 +61,9 @@ def rss_kb(server: ServerProcess) -> int:
 
 class Run:
     def __init__(self, options: Options) -> None:
+        # The client library logs a connection it drops as an error: the history says it.
+        for name in ("engineio.client", "socketio.client"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
         self.o = options
         self.plan: Plan = make_plan(
             options.seed,
