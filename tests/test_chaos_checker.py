@@ -322,10 +322,23 @@ def test_more_wrong_codes_evaluated_than_the_limit_fails() -> None:
                awaiting="trackCode")
         )  # fmt: skip
     h.entries.sort(key=lambda e: e.t)
-    fails(checker.attempt_limit_holds, h, "10.99.0.1: 4 wrong codes", "limit 3")
+    fails(checker.attempt_limit_holds, h, "10.99.0.1: 4 codes evaluated", "limit 3")
     # Answered while Redis was restarting: each instance counted alone, not counted here.
     h.faults.append(FaultRecord("redis-restart", T0 + 900, T0 + 1_100))
     assert checker.attempt_limit_holds(h).ok
+
+
+def test_a_right_guess_past_the_limit_counts_as_evaluated() -> None:
+    h = story()
+    joined = {"sessionToken": TOKEN}
+    for n in range(2):
+        h.entries.append(at(1_012 + n, GUESSER, SENT, GUESSER_SID, "trackCode", CODE))
+        h.entries.append(
+            at(1_025 + n, GUESSER, RECV, GUESSER_SID, "trackingStarted", joined,
+               awaiting="trackCode")
+        )  # fmt: skip
+    h.entries.sort(key=lambda e: e.t)
+    fails(checker.attempt_limit_holds, h, "10.99.0.1: 4 codes evaluated")
 
 
 def test_a_six_digit_code_answered_with_a_format_complaint_fails() -> None:

@@ -605,15 +605,20 @@ def no_false_alarms(h: History) -> Verdict:
 
 
 def attempt_limit_holds(h: History) -> Verdict:
-    """No address has more failed code attempts evaluated in one window than the limit, across
-    instances. Counted: wrong-code answers whose request went out in the same window. A Redis
-    restarted empty forgets the counts (a new count starts), and while Redis is away each
-    instance counts alone: attempts answered then are not counted."""
+    """No address has more code attempts evaluated in one window than the limit, across
+    instances. Counted: wrong-code answers, and from a guessing address a right guess too (it
+    was evaluated: past the limit it must be refused like a wrong one), whose request went out
+    in the same window. A Redis restarted empty forgets the counts (a new count starts), and
+    while Redis is away each instance counts alone: attempts answered then are not counted."""
     counts: dict[tuple[str, int, int], int] = defaultdict(int)
     view = View(h)
     restarts = sorted(f.end for f in h.faults if f.kind == "redis-restart")
     for entry in h.entries:
-        if entry.kind != RECV or entry.event != "error" or entry.payload not in EVALUATED:
+        if entry.kind != RECV:
+            continue
+        wrong = entry.event == "error" and entry.payload in EVALUATED
+        guessed = entry.event == "trackingStarted" and h.roles.get(entry.client) == "guesser"
+        if not (wrong or guessed):
             continue
         request = view.request_of(entry, ("trackCode", "registerCode"))
         if request is None or request.t // WINDOW_MS != entry.t // WINDOW_MS:
@@ -623,7 +628,7 @@ def attempt_limit_holds(h: History) -> Verdict:
         epoch = sum(end <= request.t for end in restarts)
         counts[(h.addresses.get(entry.client, "?"), entry.t // WINDOW_MS, epoch)] += 1
     evidence = [
-        f"{address}: {count} wrong codes evaluated in the minute from "
+        f"{address}: {count} codes evaluated in the minute from "
         f"{time.strftime('%H:%M', time.gmtime(window * 60))} UTC (limit {h.attempt_limit})"
         for (address, window, _), count in sorted(counts.items())
         if count > h.attempt_limit

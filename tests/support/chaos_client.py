@@ -327,12 +327,17 @@ class Client:
         if not await self.connect(step.instance, step.transport) or self.sio is None:
             return
         start = len(self.inbox)
+        codes = list(step.codes)
+        shown = self.world.shown.get(step.target)
+        if step.real and shown is not None:
+            codes[-1] = shown
+        answers = ("error", "trackingStarted")
         try:
-            for code in step.codes:
+            for code in codes:
                 self._sent("trackCode", code, None)
                 await self.sio.emit("trackCode", code)
             async with asyncio.timeout(REPLY_SECONDS):
-                while sum(e.event == "error" for e in self.inbox[start:]) < len(step.codes):
+                while sum(e.event in answers for e in self.inbox[start:]) < len(codes):
                     if not self.connected:
                         return
                     self.arrived.clear()

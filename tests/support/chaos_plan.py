@@ -62,6 +62,7 @@ class Step:
     alert: float = 0.0
     count: int = 0  # GUESS
     codes: tuple[str, ...] = ()  # GUESS
+    real: bool = False  # GUESS: the last code is the one tracked app `target` shows
 
 
 @dataclass(frozen=True)
@@ -142,7 +143,7 @@ def _step(rng: random.Random, role: Role, act: Act, instances: int, n_tracked: i
     return Step(act, pause, instance, transport, resume, target, event, abort, reminder, alert)
 
 
-def _guess_step(rng: random.Random, instances: int) -> Step:
+def _guess_step(rng: random.Random, instances: int, n_tracked: int) -> Step:
     count = rng.randint(3, 8)
     # Some start with 0: six digits all the same, which the Node server answered as any other.
     codes = tuple(f"{rng.randint(0, 999):03d}{GUESS_SUFFIX}" for _ in range(count))
@@ -151,8 +152,12 @@ def _guess_step(rng: random.Random, instances: int) -> Step:
         round(rng.uniform(0.5, 3.0), 3),
         instance=rng.randrange(instances),
         transport=rng.choice(("websocket", "polling")),
+        target=rng.randrange(max(n_tracked, 1)),
         count=count,
         codes=codes,
+        # Now and then the last guess is right (a code some app shows): a right guess past
+        # the limit must be refused like a wrong one, and only then is the limit seen to hold.
+        real=rng.random() < 0.3,
     )
 
 
@@ -182,7 +187,7 @@ def make_plan(
         budget = seconds
         while budget > 0:
             if role is Role.GUESSER:
-                step = _guess_step(client_rng, instances)
+                step = _guess_step(client_rng, instances, n_tracked)
             else:
                 weights = _TRACKED_WEIGHTS if role is Role.TRACKED else _TRACKER_WEIGHTS
                 step = _step(client_rng, role, _pick(client_rng, weights), instances, n_tracked)
