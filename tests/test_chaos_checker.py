@@ -347,7 +347,7 @@ def test_a_six_digit_code_answered_with_a_format_complaint_fails() -> None:
     h.entries.append(
         at(1_101, GUESSER, RECV, GUESSER_SID, "error", errors.INVALID_CODE, awaiting="trackCode")
     )
-    fails(checker.wrong_codes_get_node_words, h, "'000999'", "6 digits")
+    fails(checker.wrong_codes_get_node_words, h, "['000999']", "6 digits")
 
 
 def test_healthz_saying_up_while_redis_is_down_fails() -> None:

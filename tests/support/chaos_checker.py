@@ -660,15 +660,23 @@ def wrong_codes_get_node_words(h: History) -> Verdict:
     view = View(h)
     evidence, checked = [], 0
     for entry in view.received("error"):
-        request = view.request_of(entry, ("trackCode",))
-        if request is None or entry.awaiting != "trackCode":
+        socket = view.sockets.get(entry.sid or "")
+        if socket is None or entry.awaiting != "trackCode":
             continue
-        if not (isinstance(request.payload, str) and SIX_DIGITS.fullmatch(request.payload)):
+        # A burst's answers come in any order: whichever of its codes this answer is for,
+        # every code the socket had sent lately was six digits.
+        asked = [
+            e.payload
+            for e in socket.entries
+            if e.kind == SENT and e.event == "trackCode" and 0 <= entry.t - e.t <= IN_FLIGHT_MS
+        ]
+        if not asked or not all(isinstance(c, str) and SIX_DIGITS.fullmatch(c) for c in asked):
             continue
         checked += 1
         if entry.payload == errors.INVALID_CODE:
+            odd = [c for c in asked if c.startswith("0")] or asked
             evidence.append(
-                f"{entry.client}: trackCode({request.payload!r}) at {view.at(request.t)} "
+                f"{entry.client}: trackCode of one of {odd!r} at {view.at(entry.t)} "
                 f"answered {entry.payload!r}"
             )
     return _verdict("six-digit codes get the Node server's words", checked, evidence)
