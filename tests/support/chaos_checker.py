@@ -10,29 +10,24 @@ from __future__ import annotations
 import re
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Final
 
 from server import errors
 
-from .chaos_history import (
-    DISCONNECT,
-    FINAL,
-    JOIN_REPLIES,
-    RECV,
-    REPLIES,
-    SENT,
-    Entry,
-    History,
-    Snapshot,
-    ref,
+from .chaos_history import FINAL, JOIN_REPLIES, RECV, SENT, Entry, History, ref
+from .chaos_view import (
+    DELIVERY_MS,
+    INSTANCE_FAULTS,
+    View,
+    confirmed,
+    field_of,
+    role_of,
+    settled,
+    timestamp_of,
 )
 
-# How long after the fact a push may still arrive (a loaded 2-core machine), in ms.
-DELIVERY_MS: Final = 3_000
-# A deadline an instance had claimed when it died waits for its lease to run out (deadlines.py).
-LEASE_MS: Final = 30_000
 # How long an unanswered request may still be applied after it was sent (a stalled Redis).
 IN_FLIGHT_MS: Final = 10_000
 HEALTH_AGREE_MS: Final = 2_000
@@ -41,8 +36,6 @@ EVALUATED: Final = (errors.INVALID_OR_EXPIRED_CODE, errors.CODE_EXPIRED, errors.
 TRACEBACK: Final = "Traceback (most recent call last)"
 TIMER_REQUESTS: Final = ("checkIn", "setTimers")
 TOKEN_REQUESTS: Final = ("reconnectSession", "checkIn", "setTimers", "getStatus")
-INSTANCE_FAULTS: Final = ("sigterm", "kill9")
-REDIS_FAULTS: Final = ("redis-restart", "redis-stall")
 _WHOLE_TOKEN: Final = re.compile(r"[0-9a-f]{64}")
 SIX_DIGITS: Final = re.compile(r"[0-9]{6}")
 
@@ -70,180 +63,14 @@ def _verdict(name: str, checked: int, evidence: list[str], note: str = "") -> Ve
     return Verdict(name, not evidence, checked, evidence, note)
 
 
-# ----------------------------------------------------------------------------- the history
-
-
-@dataclass
-class Socket:
-    sid: str
-    client: str
-    opened: int
-    closed: int | None = None
-    entries: list[Entry] = field(default_factory=list)
-
-    @property
-    def instance(self) -> str:
-        return self.sid.partition(".")[0]
-
-    def open_through(self, t: int) -> bool:
-        return self.closed is None or self.closed > t
-
-
-class View:
-    """The history indexed: sockets with their entries, requests with their replies."""
-
-    def __init__(self, history: History) -> None:
-        self.h = history
-        self.sockets: dict[str, Socket] = {}
-        for entry in sorted(history.entries, key=lambda e: e.t):  # stable: ties keep order
-            if entry.sid is None:
-                continue
-            socket = self.sockets.get(entry.sid)
-            if socket is None:
-                socket = self.sockets[entry.sid] = Socket(entry.sid, entry.client, entry.t)
-            socket.entries.append(entry)
-            if entry.kind == DISCONNECT:
-                socket.closed = entry.t if socket.closed is None else socket.closed
-
-    def at(self, t: int) -> str:
-        return f"+{(t - self.h.started) / 1000:.1f}s"
-
-    def received(self, event: str) -> Iterable[Entry]:
-        return (e for e in self.h.entries if e.kind == RECV and e.event == event)
-
-    def sent(self, events: tuple[str, ...]) -> Iterable[Entry]:
-        return (e for e in self.h.entries if e.kind == SENT and e.event in events)
-
-    def request_of(self, reply: Entry, events: tuple[str, ...]) -> Entry | None:
-        """The last request of `events` sent on the reply's socket before it."""
-        socket = self.sockets.get(reply.sid or "")
-        found = None
-        for entry in socket.entries if socket else ():
-            if entry.t > reply.t:
-                break
-            if entry.kind == SENT and entry.event in events:
-                found = entry
-        return found
-
-    def replied_at(self, request: Entry) -> int | None:
-        """When the request was answered on its socket (the client waits for each answer)."""
-        socket = self.sockets.get(request.sid or "")
-        seen = False
-        for entry in socket.entries if socket else ():
-            if entry is request:
-                seen = True
-            elif seen and entry.kind == SENT:
-                return None
-            elif seen and entry.kind == RECV and entry.awaiting == request.event:
-                if entry.event in (REPLIES.get(request.event), "error"):
-                    return entry.t
-        return None
-
-    def joined(self, socket: Socket, token: str) -> int | None:
-        """When the socket joined the session as a tracker (its join reply)."""
-        for entry in socket.entries:
-            if entry.kind == RECV and entry.event in JOIN_REPLIES and entry.session == token:
-                if entry.event == "trackingStarted" or _role(entry) == "tracker":
-                    return entry.t
-        return None
-
-    def trackers_of(self, token: str) -> list[tuple[Socket, int]]:
-        joined = ((s, self.joined(s, token)) for s in self.sockets.values())
-        return [(s, at) for s, at in joined if at is not None]
-
-    def copies(self, socket: Socket, event: str, token: str, timestamp: int) -> tuple[int, int]:
-        """(pushed, with a join reply) copies of `event` for (token, timestamp) on a socket.
-
-        A join reply is followed by the last check-in and the pending alert: the first such
-        event after it, within DELIVERY_MS, came with the join, not as a push.
-        """
-        pushed = joins = 0
-        join_open: int | None = None
-        for entry in socket.entries:
-            if entry.kind != RECV or entry.session != token:
-                continue
-            if entry.event in JOIN_REPLIES:
-                join_open = entry.t
-                continue
-            if entry.event != event:
-                continue
-            stamp = _timestamp(entry)
-            # What a join reply carries happened before it: a newer one is a push.
-            with_join = (
-                join_open is not None
-                and entry.t - join_open <= DELIVERY_MS
-                and (stamp or 0) < join_open
-            )
-            join_open = None
-            if stamp != timestamp:
-                continue
-            if with_join:
-                joins += 1
-            else:
-                pushed += 1
-        return pushed, joins
-
-    def slack(self, t: int) -> int:
-        """How late an alert due at `t` may fire: delivery time, plus the faults around it."""
-        slack = DELIVERY_MS + 1_000
-        for fault in self.h.faults:
-            if fault.start > t + DELIVERY_MS or fault.end < t - 1_000:
-                continue
-            if fault.kind in INSTANCE_FAULTS:
-                slack += LEASE_MS
-            elif fault.kind in REDIS_FAULTS:
-                slack += fault.end - fault.start + 2_000
-        return slack
-
-    def redis_restarting(self, start: int, end: int) -> bool:
-        return any(
-            f.start <= end and f.end >= start for f in self.h.faults if f.kind == "redis-restart"
-        )
-
-    def redis_away(self, start: int, end: int) -> bool:
-        return any(a <= end and b >= start for a, b in self.h.redis_down())
-
-
-def _role(entry: Entry) -> str | None:
-    return entry.payload.get("role") if isinstance(entry.payload, dict) else None
-
-
-def _timestamp(entry: Entry) -> int | None:
-    if isinstance(entry.payload, dict):
-        value = entry.payload.get("timestamp")
-        if isinstance(value, int | float):
-            return int(value)
-    return None
-
-
-def _field(record: dict[str, Any] | None, name: str) -> Any:
-    return None if record is None else record.get(name)
-
-
-def _confirmed(view: View) -> list[tuple[Entry, int]]:
-    """Every checkInConfirmed with a session and its timestamp."""
-    found = []
-    for entry in view.received("checkInConfirmed"):
-        stamp = _timestamp(entry)
-        if entry.token is not None and stamp is not None and entry.phase != FINAL:
-            found.append((entry, stamp))
-    return found
-
-
-def _settled(history: History) -> Snapshot:
-    if history.settled is None:
-        raise ValueError("the history has no settled snapshot: the run did not finish")
-    return history.settled
-
-
 # ----------------------------------------------------------------------------- invariants
 
 
 def confirmed_checkins_persisted(h: History) -> Verdict:
     """Every confirmed check-in is in Redis (also after Redis restarted empty)."""
-    view, snapshot = View(h), _settled(h)
+    view, snapshot = View(h), settled(h)
     latest: dict[str, tuple[Entry, int]] = {}
-    for entry, stamp in _confirmed(view):
+    for entry, stamp in confirmed(view):
         token = entry.token
         assert token is not None
         if token not in latest or stamp > latest[token][1]:
@@ -251,7 +78,7 @@ def confirmed_checkins_persisted(h: History) -> Verdict:
     evidence = []
     for token, (entry, stamp) in sorted(latest.items(), key=lambda kv: kv[1][0].t):
         record = snapshot.records.get(token)
-        stored = _field(record, "lastCheckIn")
+        stored = field_of(record, "lastCheckIn")
         if record is None or stored is None or stored < stamp:
             where = "no record in Redis" if record is None else f"Redis lastCheckIn={stored}"
             evidence.append(
@@ -264,7 +91,7 @@ def confirmed_checkins_persisted(h: History) -> Verdict:
 def sessions_persisted(h: History) -> Verdict:
     """Every session the server handed out is in Redis once things settle (nothing in a run
     deletes one: also after Redis restarted empty, the instances hold them and write them)."""
-    view, snapshot = View(h), _settled(h)
+    view, snapshot = View(h), settled(h)
     issued: dict[str, Entry] = {}
     for entry in view.received("trackingStarted"):
         if entry.session is not None and entry.phase != FINAL:
@@ -291,7 +118,7 @@ def session_tokens_stay_valid(h: History) -> Verdict:
             entry.event == "error"
             and entry.payload == errors.INVALID_SESSION
             and entry.awaiting in TOKEN_REQUESTS
-        ) or (entry.event == "restStatus" and _field(entry.payload, "status") == 404)
+        ) or (entry.event == "restStatus" and field_of(entry.payload, "status") == 404)
         if lost:
             evidence.append(
                 f"{entry.client} {ref(entry.token)}: {entry.awaiting or 'GET /api/status'} "
@@ -304,7 +131,7 @@ def _armed(view: View) -> list[tuple[Entry, str, int]]:
     """Alert deadlines no other check-in or timer change can have moved: (reply, token, due)."""
     armed = []
     for reply in view.received("timersSet"):
-        token, due = reply.token, _field(reply.payload, "alertTimeEnd")
+        token, due = reply.token, field_of(reply.payload, "alertTimeEnd")
         if token is None or not isinstance(due, int | float) or reply.phase == FINAL:
             continue
         request = view.request_of(reply, TIMER_REQUESTS)
@@ -325,7 +152,7 @@ def _armed(view: View) -> list[tuple[Entry, str, int]]:
 
 def armed_deadlines_fire(h: History) -> Verdict:
     """Every armed deadline fires: its checkInMissed reached a tracker or is pending."""
-    view, snapshot = View(h), _settled(h)
+    view, snapshot = View(h), settled(h)
     evidence, checked, early = [], 0, 0
     seen: set[tuple[str, int]] = set()
     for reply, token, due in _armed(view):
@@ -339,10 +166,10 @@ def armed_deadlines_fire(h: History) -> Verdict:
         heard = [
             e
             for e in view.received("checkInMissed")
-            if e.session == token and (_timestamp(e) or 0) >= due
+            if e.session == token and (timestamp_of(e) or 0) >= due
         ]
         record = snapshot.records.get(token)
-        pending = _field(record, "pendingAlert")
+        pending = field_of(record, "pendingAlert")
         if heard or (pending is not None and pending >= due):
             continue
         trackers = len(view.trackers_of(token))
@@ -366,8 +193,8 @@ def no_ghost_sockets(h: History) -> Verdict:
         connected = set(snapshot.connected)
         for token, record in snapshot.records.items():
             checked += 1
-            named = [("tracked", _field(record, "trackedSocketId"))]
-            named += [("tracker", sid) for sid in _field(record, "trackerSocketIds") or ()]
+            named = [("tracked", field_of(record, "trackedSocketId"))]
+            named += [("tracker", sid) for sid in field_of(record, "trackerSocketIds") or ()]
             for role, sid in named:
                 if sid is None or sid in connected:
                     continue
@@ -390,11 +217,11 @@ def codes_owned_by_live_sockets(h: History) -> Verdict:
     """After the settle, a code's owner is a connected socket, or nobody: a socket of a live
     instance that has gone still holding a code is a ghost. (An owner on a dead instance
     counts as gone: every instance reads it so.)"""
-    view, snapshot = View(h), _settled(h)
+    view, snapshot = View(h), settled(h)
     connected, live = set(snapshot.connected), set(snapshot.live_instances)
     evidence = []
     for code, entry in sorted(snapshot.codes.items()):
-        sid = _field(entry, "tracked_sid")
+        sid = field_of(entry, "tracked_sid")
         if sid is not None and sid not in connected and sid.partition(".")[0] in live:
             socket = view.sockets.get(sid)
             whose = f"{socket.client}'s, closed {view.at(socket.closed or 0)}" if socket else "?"
@@ -459,7 +286,7 @@ def checkin_heard_once(h: History) -> Verdict:
     later hears the last confirmed check-in (or a newer one) with its join."""
     view = View(h)
     evidence, checked, excused = [], 0, 0
-    for confirm, stamp in _confirmed(view):
+    for confirm, stamp in confirmed(view):
         token = confirm.token
         assert token is not None
         request = view.request_of(confirm, ("checkIn",))
@@ -489,14 +316,14 @@ def checkin_heard_once(h: History) -> Verdict:
         for entry in socket.entries:
             if entry.kind != RECV or entry.event not in JOIN_REPLIES or entry.session is None:
                 continue
-            if entry.event == "sessionReconnected" and _role(entry) != "tracker":
+            if entry.event == "sessionReconnected" and role_of(entry) != "tracker":
                 continue
             token = entry.session
             if not socket.open_through(entry.t + DELIVERY_MS):
                 continue  # hung up before the join's last check-in could come
             request = view.request_of(entry, ("trackCode", "reconnectSession"))
             asked = request.t if request is not None else entry.t
-            before = [(s, c) for c, s in _confirmed(view) if c.token == token and c.t < asked - 100]
+            before = [(s, c) for c, s in confirmed(view) if c.token == token and c.t < asked - 100]
             if not before:
                 continue
             checked += 1
@@ -508,7 +335,7 @@ def checkin_heard_once(h: History) -> Verdict:
                 and e.event == "checkInReceived"
                 and e.session == token
                 and entry.t <= e.t <= entry.t + DELIVERY_MS
-                and (_timestamp(e) or 0) >= last
+                and (timestamp_of(e) or 0) >= last
             ]
             confirmed_on = view.sockets.get(confirm.sid or "")
             across = confirmed_on is None or confirmed_on.instance != socket.instance
@@ -530,19 +357,19 @@ def missed_checkin_reaches_trackers_once(h: History) -> Verdict:
     A missed check-in is an alert deadline (an alertTimeEnd the app was told) that fired: some
     tracker heard it, or the record holds it pending. (getStatus makes an alert pending with
     its own time, as the Node server did; the push is the deadline's.)"""
-    view, snapshot = View(h), _settled(h)
+    view, snapshot = View(h), settled(h)
     deadlines: set[tuple[str, int]] = set()
     for entry in view.received("timersSet"):
-        due = _field(entry.payload, "alertTimeEnd")
+        due = field_of(entry.payload, "alertTimeEnd")
         if entry.token is not None and isinstance(due, int | float):
             deadlines.add((entry.token, int(due)))
     fired: set[tuple[str, int]] = set()
     for entry in view.received("checkInMissed"):
-        stamp = _timestamp(entry)
+        stamp = timestamp_of(entry)
         if entry.session is not None and stamp is not None:
             fired.add((entry.session, stamp))
     for token, record in snapshot.records.items():
-        pending = _field(record, "pendingAlert")
+        pending = field_of(record, "pendingAlert")
         if pending is not None:
             fired.add((token, int(pending)))
     fired &= deadlines
@@ -578,18 +405,18 @@ def no_false_alarms(h: History) -> Verdict:
     view = View(h)
     announced: dict[tuple[str, int], int] = {}
     for entry in view.received("timersSet"):
-        due = _field(entry.payload, "alertTimeEnd")
+        due = field_of(entry.payload, "alertTimeEnd")
         if entry.token is not None and isinstance(due, int | float):
             announced.setdefault((entry.token, int(due)), entry.t)
-    confirmed = [(c, view.request_of(c, ("checkIn",))) for c, _ in _confirmed(view)]
+    check_ins = [(c, view.request_of(c, ("checkIn",))) for c, _ in confirmed(view)]
     evidence, checked = [], 0
     for entry in view.received("checkInMissed"):
-        stamp = _timestamp(entry)
+        stamp = timestamp_of(entry)
         if entry.session is None or stamp is None or (entry.session, stamp) not in announced:
             continue
         checked += 1
         armed = announced[(entry.session, stamp)]
-        for confirm, request in confirmed:
+        for confirm, request in check_ins:
             if request is None or confirm.token != entry.session:
                 continue
             if armed < request.t and confirm.t < stamp - 200:
@@ -645,7 +472,7 @@ def paired_code_keeps_its_session(h: History) -> Verdict:
         if entry.token is None or h.roles.get(entry.client) != "tracked":
             continue
         checked += 1
-        given = _field(entry.payload, "sessionToken")
+        given = field_of(entry.payload, "sessionToken")
         if given != entry.token:
             evidence.append(
                 f"{entry.client} {ref(entry.token)}: registerCode of its paired code answered "

@@ -249,7 +249,9 @@ class Run:
         try:
             records = await _read_all(client, "session:*")
             codes = await _read_all(client, "code:*")
-            beats = await client.zrange(keys.INSTANCES, 0, -1, withscores=True)
+            beats: list[tuple[str, float]] = await client.zrange(
+                keys.INSTANCES, 0, -1, withscores=True
+            )
         finally:
             await client.aclose()
         return Snapshot(
