@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 from redis import asyncio as aioredis
@@ -249,9 +249,7 @@ class Run:
         try:
             records = await _read_all(client, "session:*")
             codes = await _read_all(client, "code:*")
-            beats: list[tuple[str, float]] = await client.zrange(
-                keys.INSTANCES, 0, -1, withscores=True
-            )
+            beats = await client.zrange(keys.INSTANCES, 0, -1, withscores=True)
         finally:
             await client.aclose()
         return Snapshot(
@@ -259,7 +257,7 @@ class Run:
             connected,
             {k.removeprefix("session:"): v for k, v in records.items()},
             {k.removeprefix("code:"): v for k, v in codes.items()},
-            [name for name, at in beats if at > taken - ALIVE_MS],
+            [name for name, at in cast(list[tuple[str, float]], beats) if at > taken - ALIVE_MS],
         )
 
     async def _probe_own_codes(self) -> None:
