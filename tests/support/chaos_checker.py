@@ -170,8 +170,8 @@ def armed_deadlines_fire(h: History) -> Verdict:
         ]
         record = snapshot.records.get(token)
         pending = field_of(record, "pendingAlert")
-        if heard or (pending is not None and pending >= due):
-            continue
+        if heard or pending is not None:
+            continue  # pending: fired, or an earlier alert nobody cleared stands for it
         trackers = len(view.trackers_of(token))
         where = "no record in Redis" if record is None else f"record pendingAlert={pending}"
         evidence.append(
