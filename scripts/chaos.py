@@ -19,6 +19,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from tests.support.chaos_checker import check  # noqa: E402
+from tests.support.chaos_history import History  # noqa: E402
 from tests.support.chaos_plan import parse_faults  # noqa: E402
 from tests.support.chaos_run import Options, run_sync  # noqa: E402
 
@@ -35,7 +37,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settle", type=float, default=8.0)
     parser.add_argument("--memory-slack-mb", type=int, default=30)
     parser.add_argument("--workdir", type=Path, default=None, help="logs and history.json")
+    parser.add_argument(
+        "--recheck", type=Path, default=None, help="only check a history.json of an earlier run"
+    )
     args = parser.parse_args(argv)
+    if args.recheck is not None:
+        history = History.load(args.recheck.read_text())
+        print(f"chaos: seed {history.seed}: checking {args.recheck}")
+        verdicts = check(history)
+        for verdict in verdicts:
+            print(verdict.render())
+        return 0 if all(v.ok for v in verdicts) else 1
     seed = args.seed if args.seed is not None else random.randrange(1, 1_000_000)
     verdicts = run_sync(
         Options(

@@ -376,3 +376,10 @@ def test_memory_that_does_not_come_back_fails() -> None:
     h = story()
     h.memory = [Memory(0, 50_000, 50_000 + h.memory_slack_kb + 1_024)]
     fails(checker.memory_returns, h, "instance 0")
+
+
+def test_a_dumped_history_loads_back_and_checks_the_same() -> None:
+    h = story()
+    again = History.load(h.dump())
+    assert again == h
+    assert [v.ok for v in checker.check(again)] == [v.ok for v in checker.check(h)]

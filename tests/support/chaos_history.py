@@ -24,6 +24,7 @@ RUN: Final = "run"
 FINAL: Final = "final"  # the probes after the settle: each app re-registers its own code
 
 JOIN_REPLIES: Final = ("trackingStarted", "sessionReconnected")
+LISTS: Final = ("entries", "faults", "health", "memory")  # History fields of records
 REPLIES: Final = {
     "registerCode": "codeRegistered",
     "trackCode": "trackingStarted",
@@ -123,6 +124,22 @@ class History:
 
     def dump(self) -> str:
         return json.dumps(asdict(self), default=str)
+
+    @classmethod
+    def load(cls, text: str) -> History:
+        """A history as `dump` wrote it (to check it again, e.g. with a changed checker)."""
+        data = json.loads(text)
+        snapshots = {
+            k: Snapshot(**data[k]) if data.get(k) else None for k in ("settled", "emptied")
+        }
+        return cls(
+            **{k: v for k, v in data.items() if k not in LISTS and k not in snapshots},
+            entries=[Entry(**e) for e in data["entries"]],
+            faults=[FaultRecord(**f) for f in data["faults"]],
+            health=[HealthSample(**s) for s in data["health"]],
+            memory=[Memory(**m) for m in data["memory"]],
+            **snapshots,
+        )
 
     def redis_down(self) -> list[tuple[int, int]]:
         """When Redis was away: restarts (down to back up) and stalls."""
