@@ -60,9 +60,17 @@ class RedisServer:
     the same port with the same directory, so with ``appendonly=True`` the data survives.
     """
 
-    def __init__(self, workdir: Path, *, appendonly: bool = False, port: int | None = None):
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        appendonly: bool = False,
+        port: int | None = None,
+        extra_args: tuple[str, ...] = (),
+    ):
         self.workdir = Path(workdir)
         self.appendonly = appendonly
+        self.extra_args = extra_args  # e.g. ("--enable-debug-command", "local") for DEBUG SLEEP
         self.port = port or free_port()
         self.process: subprocess.Popen[bytes] | None = None
         self.binary = shutil.which("redis-server")
@@ -101,6 +109,7 @@ class RedisServer:
         ]  # fmt: skip
         if self.appendonly:
             args += ["--appendfsync", "always"]
+        args += self.extra_args
         self.process = subprocess.Popen(
             args, cwd=self.workdir, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
         )
