@@ -34,6 +34,10 @@ class Session(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     settings_configured: bool = False
     # Beyond the Node record: the time of a missed check-in not yet cleared by a new one.
     pending_alert: int | float | None = None
+    # Beyond: the alertTimeEnd an alert was raised for (fired, or seen by getStatus). A tracker's
+    # reconnect clears the pending alert (as Node did); this keeps that missed check-in from
+    # being raised, and pushed to every tracker, again.
+    alerted_for: int | float | None = None
 
 
 class ReconnectSession(msgspec.Struct, frozen=True, rename="camel"):

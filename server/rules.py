@@ -80,7 +80,7 @@ def observe_status(session: Session, now: int) -> tuple[Session, bool]:
     """getStatus: report alertExpired, and make the alert pending the first time it is seen."""
     expired = alert_expired(session, now)
     if expired and session.pending_alert is None:
-        return replace(session, pending_alert=now), True
+        return replace(session, pending_alert=now, alerted_for=session.alert_time_end), True
     return session, expired
 
 
@@ -142,13 +142,23 @@ def deadlines(session: Session, now: int) -> dict[str, int]:
     """
     if not timers_armed(session) or session.alert_time_end is None:
         return {}
-    if session.pending_alert is not None:
+    if session.pending_alert is not None or alerted(session):
         return {}
     due = {ALERT: round(session.alert_time_end)}
     reminder = session.reminder_time_end
     if reminder is not None and now < reminder < session.alert_time_end:
         due[REMINDER] = round(reminder)
     return due
+
+
+def alerted(session: Session) -> bool:
+    """An alert was raised for the current alert deadline (it may have been cleared since by a
+    tracker's reconnect): it is not raised again until a check-in or new timers move it."""
+    return (
+        session.alerted_for is not None
+        and session.alert_time_end is not None
+        and round(session.alerted_for) == round(session.alert_time_end)
+    )
 
 
 def fire_alert(session: Session, due: int) -> tuple[Session, bool]:
@@ -158,9 +168,10 @@ def fire_alert(session: Session, due: int) -> tuple[Session, bool]:
         or session.alert_time_end is None
         or round(session.alert_time_end) != due
         or not timers_armed(session)
+        or alerted(session)
     ):
         return session, False
-    return replace(session, pending_alert=due), True
+    return replace(session, pending_alert=due, alerted_for=due), True
 
 
 def reminder_due(session: Session, due: int, now: int) -> bool:

@@ -133,3 +133,27 @@ def test_every_change_made_twice_gives_what_it_gave_once(name: str, session: Ses
     change = CHANGES[name]
     once = change(session)
     assert change(once) == once
+
+
+def test_a_missed_check_in_cleared_by_a_reconnect_is_not_raised_again() -> None:
+    # Found by the chaos run: a tracker's reconnectSession clears the pending alert (as the Node
+    # server did); the deadline then stood again, already past, and the same missed check-in
+    # was pushed to every tracker once more, round after round.
+    session = armed(last_check_in=NOW - 30 * MIN, alert_time_end=NOW - 10 * MIN)
+    due = NOW - 10 * MIN
+    fired, raised = rules.fire_alert(session, due)
+    assert raised and fired.pending_alert == due
+    cleared = rules.clear_pending(fired)
+    assert rules.deadlines(cleared, NOW) == {}
+    assert rules.fire_alert(cleared, due) == (cleared, False)
+    # A check-in moves the deadline: the next miss is raised.
+    after = rules.check_in(cleared, NOW)
+    assert rules.deadlines(after, NOW)[rules.ALERT] == NOW + 20 * MIN
+
+
+def test_a_missed_check_in_seen_by_get_status_is_not_fired_again_once_cleared() -> None:
+    late = armed(last_check_in=NOW - 30 * MIN, alert_time_end=NOW - 10 * MIN)
+    seen, expired = rules.observe_status(late, NOW)
+    assert expired
+    cleared = rules.clear_pending(seen)
+    assert rules.deadlines(cleared, NOW) == {}
