@@ -92,6 +92,7 @@ class Result:
     figure: str  # what decides the verdict
     answered: str  # what the server answered the attacker
     details: dict[str, Any] = field(default_factory=dict)
+    bystander_ms: float | None = None  # the slowest check-in of someone else meanwhile
 
 
 @dataclass
@@ -648,8 +649,8 @@ async def token_from_code(target: Target) -> Result:
             "sweep_refused": swept.refused,
             "sweep_answers": dict(swept.answers),
             "resumed": resumed,
-            "bystander_worst_ms": bystander.worst_ms,
         },
+        bystander.worst_ms,
     )
 
 
@@ -678,39 +679,53 @@ async def squat(target: Target) -> Result:
 
         # Each app picks codes at random where the squatter has been (its target), retrying
         # after `Code already in use` as the apps do.
-        async def app(host: int) -> bool:
+        async def app(host: int) -> str | None:
             client = await Client.open(target.url, target.address(attack, host))
             apps.append(client)
             for _ in range(3):
-                reply = await client.request(
-                    "registerCode", target.rng.choice(codes), "codeRegistered"
-                )
+                code = target.rng.choice(codes)
+                reply = await client.request("registerCode", code, "codeRegistered")
                 if reply is not None and reply[0] == "codeRegistered":
-                    return True
-            return False
+                    return code
+            return None
 
         limit = asyncio.Semaphore(20)
 
-        async def limited(host: int) -> bool:
+        async def limited(host: int) -> str | None:
             async with limit:
                 return await app(host)
 
-        served = sum(await asyncio.gather(*(limited(10 + i) for i in range(scale.legit_apps))))
+        got = await asyncio.gather(*(limited(10 + i) for i in range(scale.legit_apps)))
+        theirs = [code for code in got if code is not None]
+        # The other way round: the squatter names the codes the apps now show.
+        taken = 0
+        for code in theirs:
+            reply = await squatters[0].request("registerCode", code, "codeRegistered")
+            taken += reply is not None and reply[0] == "codeRegistered"
         await bystander.check_in()
     finally:
         await asyncio.gather(*(client.close() for client in squatters + apps))
         await bystander.close()
+    served = len(theirs)
     figure = (
         f"squatter held {percent(held, tried)} codes; apps elsewhere got a code "
-        f"{percent(served, scale.legit_apps)}; {bystander.figure()}"
+        f"{percent(served, scale.legit_apps)}; the apps' codes taken over by the squatter "
+        f"{percent(taken, served)}; {bystander.figure()}"
     )
-    verdict = DEFENDED if served == scale.legit_apps and bystander.served else VULNERABLE
+    defended = served == scale.legit_apps and not taken and bystander.served
     return Result(
         "squat",
-        verdict,
+        DEFENDED if defended else VULNERABLE,
         figure,
         answered(answers),
-        {"held": held, "tried": tried, "apps_served": served, "apps": scale.legit_apps},
+        {
+            "held": held,
+            "tried": tried,
+            "apps_served": served,
+            "apps": scale.legit_apps,
+            "taken_over": taken,
+        },
+        bystander.worst_ms,
     )
 
 
@@ -766,6 +781,7 @@ async def binary_attachments(target: Target) -> Result:
         figure,
         answered(raw.errors) if raw.errors else ("connection closed" if refused else "nothing"),
         {"sent_bytes": sent, "closed": raw.closed_by_server, "rss_growth_mb": growth},
+        bystander.worst_ms,
     )
 
 
@@ -840,9 +856,9 @@ async def trackers_per_session(target: Target) -> Result:
             "tried": count,
             "root_ms": home,
             "leave_ms": leave_ms,
-            "bystander_worst_ms": bystander.worst_ms,
             "rss_growth_mb": memory.growth_mb,
         },
+        bystander.worst_ms,
     )
 
 
@@ -905,7 +921,12 @@ async def events_in_flight(target: Target) -> Result:
             await asyncio.sleep(2.0)  # what the server does with them after the burst
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(
-                _until(lambda: sum(writer.replies.values()) >= sent_check_ins), 10
+                _until(
+                    lambda: (
+                        writer.closed_by_server or sum(writer.replies.values()) >= sent_check_ins
+                    )
+                ),
+                10,
             )
         # Whatever the deaf socket was left with, and whether the server hung up on it.
         deaf_closed = await deaf.read_to_end(quiet=2.0)
@@ -944,8 +965,8 @@ async def events_in_flight(target: Target) -> Result:
             "deaf_left_bytes": deaf.received_bytes,
             "writer_closed": writer_closed,
             "rss_growth_mb": growth,
-            "bystander_worst_ms": bystander.worst_ms,
         },
+        bystander.worst_ms,
     )
 
 
@@ -1002,6 +1023,7 @@ async def log_flood(target: Target) -> Result:
         figure,
         answered(raw.errors),
         {"lines": lines, "bytes": written, "sent": sent},
+        bystander.worst_ms,
     )
 
 
@@ -1087,12 +1109,14 @@ async def connections_per_address(target: Target) -> Result:
         figure,
         f"{count - held - failed_to_open:,} closed, {failed_to_open:,} refused",
         {"held": held, "tried": count, "refused": failed_to_open, "paired": paired},
+        bystander.worst_ms,
     )
 
 
 async def roles(target: Target) -> Result:
     """8. A tracker, holding the token, acts as the tracked person of the session it tracks."""
     attack = 8
+    bystander = await Bystander.start(target, attack)
     victim = await pair(target, target.address(attack, 1), target.address(attack, 2))
     tracker, token = victim.tracker, victim.token
     answers: collections.Counter[str] = collections.Counter()
@@ -1117,20 +1141,23 @@ async def roles(target: Target) -> Result:
             if reply is not None and reply[0] == success:
                 accepted.append(event)
         own = await check_in(victim.tracked, token)  # the tracked person still can
+        await bystander.check_in()
     finally:
-        await victim.close()
+        await asyncio.gather(victim.close(), bystander.close())
     figure = (
         f"tracker's tries accepted {percent(len(accepted), 3)}"
         f"{' (' + ', '.join(accepted) + ')' if accepted else ''}; "
         f"the tracked person's own check-in: {'confirmed' if own is not None else 'refused'}"
     )
-    if accepted:
+    if accepted or not bystander.served:
         verdict = VULNERABLE
     elif own is None:
         verdict = BROKEN
     else:
         verdict = DEFENDED
-    return Result("roles", verdict, figure, answered(answers), {"accepted": accepted})
+    return Result(
+        "roles", verdict, figure, answered(answers), {"accepted": accepted}, bystander.worst_ms
+    )
 
 
 ATTACKS: Final[dict[str, Attack]] = {
