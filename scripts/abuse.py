@@ -35,6 +35,7 @@ import json
 import os
 import random
 import re
+import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
@@ -878,10 +879,32 @@ async def _get_root(target: Target, address: str | None = None) -> float | None:
     return (time.perf_counter() - started) * 1000
 
 
-#: What the kernel can hold of a connection's unread output on loopback (both socket buffers,
-#: measured up to ~4 MB) and the client library's own buffer: more than this left for a client
-#: that read nothing was held by the server itself.
-KERNEL_BUFFERS_BYTES: Final = 6 << 20
+#: Unread output a server may hold for one client before it is hoarding (the queues of both
+#: kernels are measured and not counted), and what aiohttp's reader buffers before it pauses.
+HOARD_BYTES: Final = 2 << 20
+CLIENT_BUFFER_BYTES: Final = 256 << 10
+
+
+def _proc_address(field: str) -> tuple[str, int]:
+    address, port = field.split(":")
+    return socket.inet_ntoa(bytes.fromhex(address)[::-1]), int(port, 16)
+
+
+def kernel_queued(local: tuple[str, int]) -> int:
+    """Bytes the kernel holds on the loopback connection from `local`: its receive queue, and
+    the send queue of the server's end (/proc/net/tcp: tx_queue:rx_queue)."""
+    queued = 0
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+            fields = line.split()
+            tx_queue, rx_queue = (int(part, 16) for part in fields[4].split(":"))
+            if _proc_address(fields[1]) == local:
+                queued += rx_queue
+            elif _proc_address(fields[2]) == local:
+                queued += tx_queue
+    return queued
+
+
 #: Growth of the server's RSS that no bounded handling of the attacks here comes near.
 RSS_BOUND_MB: Final = 32.0
 
@@ -919,6 +942,8 @@ async def events_in_flight(target: Target) -> Result:
                 burst(deaf, status_packet, scale.unread, deadline),
             )
             await asyncio.sleep(2.0)  # what the server does with them after the burst
+        local = deaf.ws.get_extra_info("sockname")
+        in_kernels = kernel_queued((local[0], local[1])) if local else 0
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(
                 _until(
@@ -935,14 +960,19 @@ async def events_in_flight(target: Target) -> Result:
         await asyncio.gather(writer.close(), deaf.close(), own.close())
         await bystander.close()
     growth = memory.growth_mb
-    left_mb = deaf.received_bytes / (1 << 20)
+    # What was left for the deaf socket, less what sat in the kernels and the client's buffer.
+    held = max(0, deaf.received_bytes - in_kernels - CLIENT_BUFFER_BYTES)
     figure = (
         f"{bystander.figure()}; {memory.figure()}; checkIn burst {sent_check_ins:,} sent, "
         f"{writer.replies['checkInConfirmed']:,} confirmed"
         f"{', connection closed' if writer_closed else ''}; getStatus unread {sent_status:,}: "
-        f"{'closed' if deaf_closed else 'kept open'} with {left_mb:,.1f} MB of replies held"
+        + (
+            f"closed after {deaf.replies['statusUpdate']:,} replies"
+            if deaf_closed
+            else f"kept open, {held / (1 << 20):,.1f} MB of replies held by the server"
+        )
     )
-    hoarded = not deaf_closed and deaf.received_bytes > KERNEL_BUFFERS_BYTES
+    hoarded = not deaf_closed and held > HOARD_BYTES
     if not bystander.served or hoarded or (growth is not None and growth >= RSS_BOUND_MB):
         verdict = VULNERABLE
     elif growth is None and not deaf_closed:
@@ -963,6 +993,8 @@ async def events_in_flight(target: Target) -> Result:
             "status_sent": sent_status,
             "deaf_closed": deaf_closed,
             "deaf_left_bytes": deaf.received_bytes,
+            "deaf_in_kernels_bytes": in_kernels,
+            "server_held_bytes": held,
             "writer_closed": writer_closed,
             "rss_growth_mb": growth,
         },
