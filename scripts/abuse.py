@@ -882,6 +882,8 @@ async def _get_root(target: Target, address: str | None = None) -> float | None:
 #: Unread output a server may hold for one client before it is hoarding (the queues of both
 #: kernels are measured and not counted), and what aiohttp's reader buffers before it pauses.
 HOARD_BYTES: Final = 2 << 20
+#: Growth of the server's RSS that no bounded handling of the attacks here comes near.
+RSS_BOUND_MB: Final = 32.0
 CLIENT_BUFFER_BYTES: Final = 256 << 10
 
 
@@ -890,23 +892,19 @@ def _proc_address(field: str) -> tuple[str, int]:
     return socket.inet_ntoa(bytes.fromhex(address)[::-1]), int(port, 16)
 
 
-def kernel_queued(local: tuple[str, int]) -> int:
-    """Bytes the kernel holds on the loopback connection from `local`: its receive queue, and
-    the send queue of the server's end (/proc/net/tcp: tx_queue:rx_queue)."""
-    queued = 0
+def kernel_queues(local: tuple[str, int]) -> tuple[int, int]:
+    """Bytes the kernels hold on the loopback connection from `local` (/proc/net/tcp): towards
+    it (its receive queue, the server end's send queue), and from it (the reverse)."""
+    inbound = outbound = 0
     with contextlib.suppress(OSError):
         for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
             fields = line.split()
             tx_queue, rx_queue = (int(part, 16) for part in fields[4].split(":"))
             if _proc_address(fields[1]) == local:
-                queued += rx_queue
+                inbound, outbound = inbound + rx_queue, outbound + tx_queue
             elif _proc_address(fields[2]) == local:
-                queued += tx_queue
-    return queued
-
-
-#: Growth of the server's RSS that no bounded handling of the attacks here comes near.
-RSS_BOUND_MB: Final = 32.0
+                inbound, outbound = inbound + tx_queue, outbound + rx_queue
+    return inbound, outbound
 
 
 async def events_in_flight(target: Target) -> Result:
@@ -942,8 +940,10 @@ async def events_in_flight(target: Target) -> Result:
                 burst(deaf, status_packet, scale.unread, deadline),
             )
             await asyncio.sleep(2.0)  # what the server does with them after the burst
+        # The replies waiting in the kernels, and the requests the server has not read yet
+        # (a server may stop reading a client that does not read: their replies come later).
         local = deaf.ws.get_extra_info("sockname")
-        in_kernels = kernel_queued((local[0], local[1])) if local else 0
+        replies_queued, requests_queued = kernel_queues((local[0], local[1])) if local else (0, 0)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(
                 _until(
@@ -960,8 +960,11 @@ async def events_in_flight(target: Target) -> Result:
         await asyncio.gather(writer.close(), deaf.close(), own.close())
         await bystander.close()
     growth = memory.growth_mb
-    # What was left for the deaf socket, less what sat in the kernels and the client's buffer.
-    held = max(0, deaf.received_bytes - in_kernels - CLIENT_BUFFER_BYTES)
+    # What was left for the deaf socket, less what sat in the kernels and the client's buffer,
+    # and the replies to the requests not read yet then: what the server itself held.
+    replies = max(deaf.replies["statusUpdate"], 1)
+    later = requests_queued // (len(status_packet) + 6) * (deaf.received_bytes // replies)
+    held = max(0, deaf.received_bytes - replies_queued - CLIENT_BUFFER_BYTES - later)
     figure = (
         f"{bystander.figure()}; {memory.figure()}; checkIn burst {sent_check_ins:,} sent, "
         f"{writer.replies['checkInConfirmed']:,} confirmed"
@@ -993,7 +996,8 @@ async def events_in_flight(target: Target) -> Result:
             "status_sent": sent_status,
             "deaf_closed": deaf_closed,
             "deaf_left_bytes": deaf.received_bytes,
-            "deaf_in_kernels_bytes": in_kernels,
+            "deaf_replies_in_kernels_bytes": replies_queued,
+            "deaf_requests_in_kernels_bytes": requests_queued,
             "server_held_bytes": held,
             "writer_closed": writer_closed,
             "rss_growth_mb": growth,
