@@ -74,12 +74,12 @@ class Scale:
     burst: int  # attack 5: checkIn from one socket
     unread: int  # attack 5: getStatus from another that never reads
     log_flood: int  # attack 6: abusive messages
-    connections: int  # attack 7
+    connections: int  # attack 7: above the default CONNECTIONS_PER_ADDRESS (200)
     seconds: float  # every flood stops after this long, done or not
 
 
 SCALES: Final = {
-    "small": Scale("small", 3_000, 2_000, 2, 20, 20 << 20, 300, 20_000, 60_000, 2_000, 100, 20.0),
+    "small": Scale("small", 3_000, 2_000, 2, 20, 20 << 20, 300, 20_000, 60_000, 2_000, 300, 20.0),
     "full": Scale(
         "full", 50_000, 20_000, 10, 200, 200 << 20, 2_000, 100_000, 300_000, 20_000, 500, 60.0
     ),
