@@ -21,6 +21,23 @@ gives the figure that decides each verdict and what the server answered the atta
     BROKEN       the attack failed, but so did the honest flow it must leave alone
     n.a.         cannot be decided here (no --log for the log flood; no RSS for a memory attack)
 
+What decides each (besides a bystander's check-in within BYSTANDER_LIMIT_MS, in every attack):
+
+    token-from-code          no token for two other addresses naming a dropped app's code; a sweep
+                             of random codes gets at most 10% accepted; the app back from its own
+                             address gets its session back (else BROKEN)
+    squat                    every app elsewhere gets a code within 3 tries among the squatter's,
+                             and the squatter cannot take one of theirs over
+    binary-attachments       the packet refused or the connection closed, RSS growth bounded
+    trackers-per-session     at most half of the trackers accepted; GET / answered while they leave
+    events-in-flight         RSS growth < RSS_BOUND_MB; a client that does not read is closed, or
+                             the server itself holds at most HOARD_BYTES of its replies
+    log-flood                at most 50 lines for the whole flood
+    connections-per-address  fewer than 80% of the unfinished connections held; another address
+                             pairs meanwhile
+    roles                    checkIn, setTimers and reconnectSession as tracked refused to a
+                             tracker's socket; the tracked person's own check-in confirmed
+
 Exit code 0 when every attack run was defended, 1 otherwise.
 """
 
@@ -863,7 +880,7 @@ async def trackers_per_session(target: Target) -> Result:
     )
 
 
-async def _get_root(target: Target, address: str | None = None) -> float | None:
+async def _get_root(target: Target) -> float | None:
     """Milliseconds for GET / ; None when it is not answered within REPLY_TIMEOUT."""
     started = time.perf_counter()
     try:
@@ -1209,11 +1226,12 @@ ATTACKS: Final[dict[str, Attack]] = {
 
 
 async def run_attack(name: str, target: Target) -> Result:
-    """One attack; a failure of the attack itself (not of the server) is reported as such."""
+    """One attack; when it cannot run (e.g. the honest pairing it starts with is refused), that
+    is reported in its row."""
     try:
         return await ATTACKS[name](target)
     except Exception as exc:  # the table must still be printed
-        return Result(name, VULNERABLE, f"attack could not run: {type(exc).__name__}: {exc}", "")
+        return Result(name, BROKEN, f"attack could not run: {type(exc).__name__}: {exc}", "")
 
 
 async def run(names: Iterable[str], target: Target) -> list[Result]:
