@@ -273,12 +273,13 @@ class RawSocket:
 
     @classmethod
     async def open(
-        cls, url: str, address: str, *, read: bool = True, http: aiohttp.ClientSession | None = None
+        cls, url: str, source: str | aiohttp.ClientSession, *, read: bool = True
     ) -> RawSocket:
-        """Connected to the main namespace; with `read`, replies are counted as they come,
-        else nothing is read after the handshake (the connection's buffers fill up)."""
-        own = http is None
-        session = http or _session(address)
+        """Connected to the main namespace from `source` (an address, or an HTTP session shared
+        with other sockets); with `read`, replies are counted as they come, else nothing is read
+        after the handshake (the connection's buffers fill up)."""
+        own = isinstance(source, str)
+        session = _session(source) if isinstance(source, str) else source
         try:
             ws = await session.ws_connect(
                 engineio_url(url),
@@ -534,6 +535,14 @@ def answered(counts: collections.Counter[str]) -> str:
     return "; ".join(f"{text} x{n:,}" for text, n in counts.most_common(2))
 
 
+def token_in(reply: tuple[str, Any] | None) -> str | None:
+    """The sessionToken a codeRegistered reply handed out, if any."""
+    if reply is None or reply[0] != "codeRegistered" or not isinstance(reply[1], dict):
+        return None
+    token = reply[1].get("sessionToken")
+    return token if isinstance(token, str) else None
+
+
 def describe(reply: tuple[str, Any] | None) -> str:
     if reply is None:
         return "no reply"
@@ -557,11 +566,9 @@ class Sweep:
     answers: collections.Counter[str] = field(default_factory=collections.Counter)
 
 
-async def sweep(
-    client: Client, codes: Sequence[str], deadline: float, sweep: Sweep | None = None
-) -> Sweep:
+async def sweep(client: Client, codes: Sequence[str], deadline: float) -> Sweep:
     """Try to register every code in `codes` (stops at `deadline`, loop time, or a hang-up)."""
-    result = sweep or Sweep()
+    result = Sweep()
     loop = asyncio.get_running_loop()
     pending: collections.deque[str] = collections.deque()
     queue = iter(codes)
@@ -625,8 +632,7 @@ async def token_from_code(target: Target) -> Result:
             attackers.append(attacker)
             reply = await attacker.request("registerCode", victim.code, "codeRegistered")
             answers[describe(reply)] += 1
-            if reply is not None and reply[0] == "codeRegistered":
-                obtained += reply[1].get("sessionToken") == victim.token
+            obtained += token_in(reply) == victim.token
         sweeper = await Client.open(target.url, target.address(attack, 20))
         attackers.append(sweeper)
         codes = [target.code() for _ in range(target.scale.sweep)]
@@ -636,8 +642,7 @@ async def token_from_code(target: Target) -> Result:
         app = await Client.open(target.url, target.address(attack, 1))
         attackers.append(app)
         reply = await app.request("registerCode", victim.code, "codeRegistered")
-        resumed = reply is not None and reply[0] == "codeRegistered"
-        resumed = resumed and reply is not None and reply[1].get("sessionToken") == victim.token
+        resumed = token_in(reply) == victim.token
         await bystander.check_in()
     finally:
         await asyncio.gather(*(client.close() for client in attackers))
@@ -815,7 +820,9 @@ async def trackers_per_session(target: Target) -> Result:
     per_address = 100
     bystander = await Bystander.start(target, attack)
     victim = await pair(target, target.address(attack, 1), target.address(attack, 2))
-    sessions = [_session(target.address(attack, 10 + i)) for i in range(-(-count // per_address))]
+    http_sessions = [
+        _session(target.address(attack, 10 + i)) for i in range(-(-count // per_address))
+    ]
     answers: collections.Counter[str] = collections.Counter()
     trackers: list[RawSocket] = []
     limit = asyncio.Semaphore(50)
@@ -824,9 +831,7 @@ async def trackers_per_session(target: Target) -> Result:
     async def join(i: int) -> bool:
         async with limit:
             try:
-                raw = await RawSocket.open(
-                    target.url, "", http=sessions[i // per_address], read=True
-                )
+                raw = await RawSocket.open(target.url, http_sessions[i // per_address])
             except Closed:
                 answers["connection refused"] += 1
                 return False
@@ -848,14 +853,14 @@ async def trackers_per_session(target: Target) -> Result:
             async with bystander.sampling(every=0.1):
                 started = time.perf_counter()
                 # All leave at once: their TCP connections go.
-                await asyncio.gather(*(s.close() for s in sessions))
+                await asyncio.gather(*(http.close() for http in http_sessions))
                 await asyncio.sleep(0.5)
                 home = await _get_root(target)
                 await asyncio.sleep(2.0)
             leave_ms = (time.perf_counter() - started) * 1000
     finally:
         await asyncio.gather(*(raw.close() for raw in trackers))
-        await asyncio.gather(*(s.close() for s in sessions))
+        await asyncio.gather(*(http.close() for http in http_sessions))
         await asyncio.gather(victim.close(), bystander.close())
     figure = (
         f"trackers accepted {percent(accepted, count)}; GET / during the leave "

@@ -175,31 +175,39 @@ def node_server(tmp_path: Path, make_redis_server: Callable[..., RedisServer]) -
     copy = tmp_path / "node-original"
     shutil.copytree(source, copy, ignore=shutil.ignore_patterns("node_modules"))
     copy.chmod(0o755)
-    installed = subprocess.run(
-        [npm, "ci", "--omit=dev", "--no-audit", "--no-fund", "--prefer-offline"],
-        cwd=copy,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    if installed.returncode != 0:
+    for _ in range(2):  # a second try, should another npm hold the shared cache's lock
+        installed = subprocess.run(
+            [npm, "ci", "--omit=dev", "--no-audit", "--no-fund", "--prefer-offline"],
+            cwd=copy,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        if installed.returncode == 0:
+            break
+    else:
         pytest.fail(f"npm ci failed:\n{installed.stdout}\n{installed.stderr}", pytrace=False)
     redis = make_redis_server()
     port = free_port()
-    process = subprocess.Popen(
-        [node, "server.js"],
-        cwd=copy,
-        env={**os.environ, "PORT": str(port), "REDIS_URL": redis.url},
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,  # it logs whole session tokens
-        stderr=subprocess.DEVNULL,
-    )
+    errors = tmp_path / "node-stderr.log"
+    with errors.open("wb") as stderr:
+        process = subprocess.Popen(
+            [node, "server.js"],
+            cwd=copy,
+            env={**os.environ, "PORT": str(port), "REDIS_URL": redis.url},
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,  # it logs whole session tokens
+            stderr=stderr,
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 20
         while http_status(url + "/") != 200:
             if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"the Node server did not start ({process.poll()})", pytrace=False)
+                pytest.fail(
+                    f"the Node server did not start ({process.poll()}):\n{errors.read_text()}",
+                    pytrace=False,
+                )
             time.sleep(0.1)
         yield url
     finally:
