@@ -3,8 +3,8 @@ server on a real Redis, and someone else's check-in is served meanwhile.
 
 The attacks live in scripts/abuse.py, one place for the program and the tests; its verdicts are
 decided by outcomes (a token obtained, honest clients served, memory bounded), not by our error
-strings. The same program run against the Node server reports it vulnerable: the proof that each
-attack can fail a server.
+strings. On the code before the defences every test here fails; the last one runs the program
+against the Node server, which it must report vulnerable.
 """
 
 from __future__ import annotations
@@ -216,7 +216,7 @@ def node_server(tmp_path: Path, make_redis_server: Callable[..., RedisServer]) -
 
 
 async def test_abuse_script_reports_the_node_server_vulnerable(node_server: str) -> None:
-    attacks = ["token-from-code", "squat", "roles"]
+    attacks = ["token-from-code", "squat", "binary-attachments", "connections-per-address", "roles"]
     script = await asyncio.create_subprocess_exec(
         sys.executable,
         str(SCRIPT),
