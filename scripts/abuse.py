@@ -38,7 +38,7 @@ What decides each (besides a bystander's check-in within BYSTANDER_LIMIT_MS, in 
     roles                    checkIn, setTimers and reconnectSession as tracked refused to a
                              tracker's socket; the tracked person's own check-in confirmed
 
-Exit code 0 when every attack run was defended, 1 otherwise.
+Exit code 0 when every attack run was defended, 1 otherwise (n.a. too: it proves nothing).
 """
 
 from __future__ import annotations
