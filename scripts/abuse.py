@@ -28,7 +28,8 @@ What decides each (besides a bystander's check-in within BYSTANDER_LIMIT_MS, in 
                              address gets its session back (else BROKEN)
     squat                    every app elsewhere gets a code within 3 tries among the squatter's,
                              and the squatter cannot take one of theirs over
-    binary-attachments       the packet refused or the connection closed, RSS growth bounded
+    binary-attachments       the packet refused (an error, a hang-up, or no more read), RSS
+                             growth bounded
     trackers-per-session     at most half of the trackers accepted; GET / answered while they leave
     events-in-flight         RSS growth < RSS_BOUND_MB; a client that does not read is closed, or
                              the server itself holds at most HOARD_BYTES of its replies
@@ -790,14 +791,10 @@ async def binary_attachments(target: Target) -> Result:
         f"server {how} after {sent / (1 << 20):,.1f} MB of attachments; {memory.figure()}; "
         f"{bystander.figure()}"
     )
-    if not bystander.served:
-        verdict = VULNERABLE
-    elif refused and (growth is None or bounded):
-        verdict = DEFENDED
-    elif growth is None:
-        verdict = VULNERABLE  # it kept taking them, and nothing shows where they went
-    else:
-        verdict = DEFENDED if bounded else VULNERABLE
+    # Taking them in silence is not a defence: an RSS that does not move on a server that grew
+    # before proves nothing, and a refusal must be told (an error, or the hang-up).
+    defended = refused and (growth is None or bounded) and bystander.served
+    verdict = DEFENDED if defended else VULNERABLE
     return Result(
         "binary-attachments",
         verdict,
