@@ -179,6 +179,14 @@ class EngineServer(engineio.AsyncServer):  # type: ignore[misc]
                 self.start_background_task(self.hang_up, sid)
                 return
 
+    async def refuse(self, sid: str) -> None:
+        """Hang up on a client now: its CLOSE goes out (after what was sent to it) before the
+        disconnect's bookkeeping, which may wait for the client's events in flight."""
+        eio_socket = self.sockets.pop(sid, None)
+        if eio_socket is not None and not eio_socket.closing:
+            eio_socket.queue.put_nowait(engineio_packet.Packet(engineio_packet.CLOSE))
+            await eio_socket.close(wait=False, abort=True, reason=self.reason.SERVER_DISCONNECT)
+
     async def hang_up(self, sid: str) -> None:
         """Close one session at once, without a CLOSE packet: its client is not listening."""
         eio_socket = self.sockets.pop(sid, None)
@@ -387,7 +395,7 @@ class SocketServer(socketio.AsyncServer):  # type: ignore[misc]
             self.guard.metrics.refused("attachments_per_packet")
             client = client_of(self.eio.sockets.get(eio_sid))
             log.info("Closing %s: binary frames nobody asked for", eio_sid, extra=client)
-            await self.eio.disconnect(eio_sid)
+            await self.eio.refuse(eio_sid)
 
     async def _handle_event(self, eio_sid: str, namespace: Any, id: Any, data: Any) -> None:
         """python-socketio's, with the socket's events in flight bounded: at the limit the
@@ -415,7 +423,7 @@ class SocketServer(socketio.AsyncServer):  # type: ignore[misc]
         client = client_of(self.eio.sockets.get(eio_sid))
         log.info("Closing %s: too many events in flight", sid, extra=client)
         await self.emit("error", errors.TOO_MANY_EVENTS, to=sid)
-        await self.eio.disconnect(eio_sid)
+        await self.eio.refuse(eio_sid)
 
     async def _handle_eio_connect(self, eio_sid: str, environ: dict[str, Any]) -> None:
         eio_socket = self.eio.sockets[eio_sid]
