@@ -17,7 +17,7 @@ from msgspec.structs import replace
 from . import errors, payloads, rules
 from .clock import Clock
 from .codes import Codes, Seen
-from .guard import Guard
+from .guard import SETTLE_SECONDS, Guard
 from .instances import Instances
 from .limits import AttemptLimiter, client_address
 from .logs import token_ref
@@ -411,7 +411,9 @@ class Events:
         (a ghost socket id in the record, its code held for 24 h)."""
         self.metrics.disconnected(reason)
         guard = self.guard
-        settled = guard is None or await guard.settle(sid)
+        # Not while draining: the events in flight had their share of the budget already,
+        # and every socket is leaving.
+        settled = guard is None or await guard.settle(sid, 0 if self.draining else SETTLE_SECONDS)
         try:
             await self._leave(sid, reason)
         except Exception:
@@ -419,7 +421,7 @@ class Events:
             log.exception("Disconnect bookkeeping for %s failed", sid)
         if guard is None:
             return
-        if settled:
+        if settled or self.draining:
             guard.forget(sid)
             return
         # An event outlived the wait: leave again once it is over.

@@ -166,6 +166,10 @@ class EngineServer(engineio.AsyncServer):  # type: ignore[misc]
     # Set by SocketServer: the limits of one client.
     guard: Guard
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._hanging_up: set[asyncio.Task[None]] = set()
+
     def create_queue(self, *args: Any, **kwargs: Any) -> PacketQueue:
         return PacketQueue(self.guard.outbound_bytes, self._overflowed)
 
@@ -176,7 +180,9 @@ class EngineServer(engineio.AsyncServer):  # type: ignore[misc]
                 self.guard.metrics.refused("outbound_buffer_bytes")
                 client = client_of(eio_socket)
                 log.info("Closing %s: %d bytes of replies unread", sid, queue.limit, extra=client)
-                self.start_background_task(self.hang_up, sid)
+                task = asyncio.get_running_loop().create_task(self.hang_up(sid))
+                self._hanging_up.add(task)
+                task.add_done_callback(self._hanging_up.discard)
                 return
 
     async def refuse(self, sid: str) -> None:
