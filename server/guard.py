@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Final, cast
 
 from aiohttp import web
@@ -30,6 +31,10 @@ SETTLE_SECONDS: Final = 5.0
 HEADERS_SECONDS: Final = 5.0
 # Binary frames that no packet announced, dropped, before the connection is closed.
 BINARY_STRIKES: Final = 3
+
+# The socket whose event the current task handles (set by server.transport in each event's
+# task): a handler that disconnects its own socket must not wait for itself.
+EVENT_OF: ContextVar[str | None] = ContextVar("event_of", default=None)
 
 
 class _Flight:
@@ -127,7 +132,8 @@ class Guard:
         """`sid`'s disconnect began: no new event of it starts, and this waits (at most
         `within` s) for the ones in flight. False if some are still running."""
         self._leaving.add(sid)
-        return await self._wait(sid, 1, within)
+        itself = 1 if EVENT_OF.get() == sid else 0
+        return await self._wait(sid, 1 + itself, within)
 
     async def settled(self, sid: str) -> None:
         """Wait, however long it takes, for the last event of a departed socket."""

@@ -17,7 +17,7 @@ from engineio import packet as engineio_packet
 from socketio import packet as socketio_packet
 
 from . import errors, logs, websocket
-from .guard import BINARY_STRIKES, Guard
+from .guard import BINARY_STRIKES, EVENT_OF, Guard
 from .instances import SEPARATOR
 from .limits import client_address
 from .settings import Settings
@@ -418,11 +418,15 @@ class SocketServer(socketio.AsyncServer):  # type: ignore[misc]
         if not self.manager.is_connected(sid, namespace) or not guard.begin(sid):
             return  # its disconnect began meanwhile: nothing new starts for it
         task = asyncio.get_running_loop().create_task(
-            self._handle_event_internal(self, sid, eio_sid, data, namespace, id)
+            self._run_event(sid, eio_sid, data, namespace, id)
         )
         self._event_tasks.add(task)
         task.add_done_callback(self._event_tasks.discard)
         task.add_done_callback(lambda _: guard.end(sid))
+
+    async def _run_event(self, sid: str, eio_sid: str, data: Any, namespace: str, id: Any) -> None:
+        EVENT_OF.set(sid)  # in this task's own context
+        await self._handle_event_internal(self, sid, eio_sid, data, namespace, id)
 
     async def _too_many_events(self, eio_sid: str, sid: str) -> None:
         self.guard.metrics.refused("events_in_flight_per_connection")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from server.guard import Guard
+from server.guard import EVENT_OF, Guard
 from server.metrics import Metrics
 from server.settings import Settings
 
@@ -53,3 +53,11 @@ def test_connections_past_the_limit_per_address_are_refused_and_counted() -> Non
     assert g.open_session("t", "192.0.2.2")
     g.forget("s0")
     assert g.open_session("s3", "192.0.2.1")
+
+
+async def test_an_event_that_disconnects_its_own_socket_does_not_wait_for_itself() -> None:
+    g = guard(16)
+    g.begin("a")
+    EVENT_OF.set("a")
+
+    assert await asyncio.wait_for(g.settle("a", within=5), 1) is True

@@ -1,8 +1,8 @@
 """No single client starves the rest: each attack at the transport and connection level, against
 a real server (real Redis where it matters), while a paired Node client keeps checking in.
 
-Each attack is bounded in count and time. Each test failed on the code before its defence
-(745b9ae): the figures are in the commit that added them.
+Each attack is bounded in count and time. Each test failed on the code before its defences
+(745b9ae). The figures at the issue's scale: scripts/transport_abuse.py.
 """
 
 from __future__ import annotations
@@ -495,5 +495,5 @@ async def test_one_client_cannot_flood_the_log(
     assert refusal_lines() <= 5, server.log_tail(20)
     samples = await scrape(server.url)
     suppressed = value(samples, "alliswell_refusals_total", quota="log_lines_per_client_per_minute")
-    assert suppressed >= 800
+    assert suppressed >= 500
     assert slowest < BYSTANDER_SECONDS
