@@ -413,7 +413,8 @@ class SocketServer(socketio.AsyncServer):  # type: ignore[misc]
             return
         guard = self.guard
         if not await guard.admit_event(sid):
-            await self._too_many_events(eio_sid, sid)
+            if self.manager.is_connected(sid, namespace):  # else refused already
+                await self._too_many_events(eio_sid, sid)
             return
         if not self.manager.is_connected(sid, namespace) or not guard.begin(sid):
             return  # its disconnect began meanwhile: nothing new starts for it

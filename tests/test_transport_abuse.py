@@ -234,6 +234,42 @@ async def test_a_socket_that_keeps_sending_at_its_limit_is_told_and_closed(
     assert value(samples, "alliswell_refusals_total", quota="events_in_flight_per_connection") == 1
 
 
+async def test_a_poller_that_posts_more_while_held_at_its_limit_is_told_and_closed(
+    start_server: Callable[..., Awaitable[ServerProcess]],
+    redis_server: RedisServer,
+    node: NodeDriver,
+) -> None:
+    server = await start_server(
+        redis_url=redis_server.url, EVENTS_IN_FLIGHT_PER_CONNECTION="4", REDIS_TIMEOUT="10"
+    )
+    bystander = await pair(node, server.url, "polling")
+    base = f"{server.url}/socket.io/?EIO=4&transport=polling"
+    body = "\x1e".join([event("getStatus", {"sessionToken": "0" * 64})] * 8)
+    async with aiohttp.ClientSession() as http:
+        async with http.get(base) as response:
+            sid = json.loads((await response.text())[1:])["sid"]
+        url = f"{base}&sid={sid}"
+        await http.post(url, data="40")
+        await http.get(url)  # the CONNECT reply
+        poll = asyncio.ensure_future(http.get(url))  # pending, as a client's always is
+        async with frozen(redis_server):
+            held = asyncio.ensure_future(http.post(url, data=body))  # 4 in flight, 1 held
+            await asyncio.sleep(0.5)
+            async with http.post(url, data=body) as response:  # more, while held
+                second = response.status
+            async with await poll as response:
+                told = (await response.text()).split("\x1e")
+        (await held).release()
+    began = time.monotonic()
+    await check_in(bystander.tracked, bystander.token)
+
+    assert second == 200  # engine.io answers a POST it took; the socket is closed
+    assert event("error", errors.TOO_MANY_EVENTS) in told and told[-1] == "1", told
+    assert time.monotonic() - began < BYSTANDER_SECONDS
+    samples = await scrape(server.url)
+    assert value(samples, "alliswell_refusals_total", quota="events_in_flight_per_connection") == 1
+
+
 async def test_a_websocket_client_that_does_not_read_its_replies_is_hung_up_on(
     start_server: Callable[..., Awaitable[ServerProcess]], node: NodeDriver
 ) -> None:
