@@ -184,7 +184,7 @@ class Guard:
         count = not self.trust_proxy
 
         def make() -> asyncio.Protocol:
-            return _Guarded(factory(), self, count)
+            return _Guarded(factory, self, count)
 
         return make
 
@@ -194,10 +194,20 @@ class _Guarded(asyncio.Protocol):
     closed if its first request headers are not complete within HEADERS_SECONDS (aiohttp has no
     header timeout: 1,008 half-sent requests held every file descriptor of a 1,024 limit)."""
 
-    __slots__ = ("_address", "_count", "_guard", "_inner", "_tail", "_timer", "_transport")
+    __slots__ = (
+        "_address",
+        "_count",
+        "_factory",
+        "_guard",
+        "_inner",
+        "_tail",
+        "_timer",
+        "_transport",
+    )
 
-    def __init__(self, inner: asyncio.Protocol, guard: Guard, count: bool) -> None:
-        self._inner = inner
+    def __init__(self, factory: Callable[[], asyncio.Protocol], guard: Guard, count: bool) -> None:
+        self._factory = factory
+        self._inner: asyncio.Protocol | None = None  # made once the connection is admitted
         self._guard = guard
         self._count = count
         self._address: str | None = None
@@ -217,6 +227,7 @@ class _Guarded(asyncio.Protocol):
         self._transport = transport
         loop = asyncio.get_running_loop()
         self._timer = loop.call_later(HEADERS_SECONDS, self._too_slow)
+        self._inner = self._factory()
         self._inner.connection_made(transport)
 
     def _too_slow(self) -> None:
@@ -234,16 +245,19 @@ class _Guarded(asyncio.Protocol):
                 self._tail = b""
             else:
                 self._tail = seen[-3:]
-        self._inner.data_received(data)
+        if self._inner is not None:
+            self._inner.data_received(data)
 
     def eof_received(self) -> bool | None:
-        return self._inner.eof_received()
+        return self._inner.eof_received() if self._inner is not None else None
 
     def pause_writing(self) -> None:
-        self._inner.pause_writing()
+        if self._inner is not None:
+            self._inner.pause_writing()
 
     def resume_writing(self) -> None:
-        self._inner.resume_writing()
+        if self._inner is not None:
+            self._inner.resume_writing()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._timer is not None:
@@ -252,7 +266,7 @@ class _Guarded(asyncio.Protocol):
         if self._address is not None:
             self._guard.close_tcp(self._address)
             self._address = None
-        if self._transport is not None:
+        if self._inner is not None:
             self._transport = None
             self._inner.connection_lost(exc)
 
