@@ -139,6 +139,8 @@ async def main() -> None:
                 "HOST": "127.0.0.1",
                 "LOG_LEVEL": "WARNING",
                 "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+                # Every client here comes from 127.0.0.1: not one hostile address.
+                "CONNECTIONS_PER_ADDRESS": "1000000",
             }
             log = open(workdir / f"server-{n}.log", "wb")
             servers.append(

@@ -113,6 +113,8 @@ class Servers:
             "HOST": "127.0.0.1",
             "LOG_LEVEL": "WARNING",
             "REDIS_URL": self.redis_url,
+            # Every client here comes from 127.0.0.1: not one hostile address.
+            "CONNECTIONS_PER_ADDRESS": "1000000",
         }
         self.started += 1
         with open(self.workdir / f"server-{self.started}.log", "wb") as log:

@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
+import resource
 import sys
+from collections.abc import Coroutine
+from typing import Any
 
 from aiohttp import web
 
 from . import logs, settings
 from .app import create_app, requests_timeout
+from .guard import GUARD, Guard
+from .ops import METRICS
+
+log = logging.getLogger("server")
+
+# aiohttp's run_app default, kept: an idle keep-alive connection is closed after it.
+KEEPALIVE_SECONDS = 75.0
 
 
 def _event_loop() -> asyncio.AbstractEventLoop:
@@ -21,27 +33,97 @@ def _event_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
+def raise_open_files_limit() -> int:
+    """Raise the soft limit of open files to the hard one (a container's soft 1,024 is a few
+    hundred clients); returns the limit in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != soft:
+        with contextlib.suppress(ValueError, OSError):  # e.g. an infinite hard limit
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+class GuardedSite(web.BaseSite):
+    """aiohttp's TCPSite, with each connection's protocol wrapped by the guard (connections
+    per address, a deadline for the request headers): run_app has no way to wrap it."""
+
+    def __init__(self, runner: web.AppRunner, host: str | None, port: int, guard: Guard) -> None:
+        super().__init__(runner)
+        self._host = host
+        self._port = port
+        self._guard = guard
+
+    @property
+    def name(self) -> str:
+        return f"http://{self._host or '*'}:{self._port}"
+
+    async def start(self) -> None:
+        await super().start()
+        server = self._runner.server
+        assert server is not None
+        self._server = await asyncio.get_running_loop().create_server(
+            self._guard.listener(server), self._host, self._port, backlog=self._backlog
+        )
+
+
+async def _serve(app: web.Application, config: settings.Settings) -> None:
+    """run_app's own loop, with our site: serve until a signal cancels this, then clean up
+    (the app's shutdown drains the clients)."""
+    runner = web.AppRunner(
+        app,
+        handle_signals=True,
+        # Access lines are off (server.logs); without a logger aiohttp skips them for good,
+        # and keeps no access logger per connection.
+        access_log=None,
+        keepalive_timeout=KEEPALIVE_SECONDS,
+        shutdown_timeout=requests_timeout(config),
+    )
+    await runner.setup()
+    try:
+        await GuardedSite(runner, config.host, config.port, app[GUARD]).start()
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
+
+
+def _run(main: Coroutine[Any, Any, None], loop: asyncio.AbstractEventLoop) -> None:
+    """As web.run_app: SIGTERM/SIGINT raise GracefulExit out of the loop, then `main` is
+    cancelled, which runs its cleanup."""
+    task = loop.create_task(main)
+    try:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(task)
+    except (web.GracefulExit, KeyboardInterrupt):
+        pass
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                loop.run_until_complete(task)
+        rest = asyncio.all_tasks(loop)
+        for other in rest:
+            other.cancel()
+        loop.run_until_complete(asyncio.gather(*rest, return_exceptions=True))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+
+
 def main() -> int:
     try:
         config = settings.load()
     except settings.SettingsError as exc:
         print(f"Configuration error: {exc}", file=sys.stderr)
         return 2
-    logs.configure(config.log_level, config.log_format)
-    where = f"{config.host or '*'}:{config.port}"
-    logging.getLogger("server").info("All Is Well server listening on %s", where)
-    web.run_app(
-        create_app(config),
-        host=config.host,
-        port=config.port,
-        print=None,
-        # Access lines are off (server.logs); without a logger aiohttp skips them for good,
-        # and keeps no access logger per connection.
-        access_log=None,
-        shutdown_timeout=requests_timeout(config),
-        loop=_event_loop(),
+    lines = logs.configure(
+        config.log_level, config.log_format, config.log_lines_per_client_per_minute
     )
-    logging.getLogger("server").info("All Is Well server stopped")
+    log.info("Open files limit: %d", raise_open_files_limit())
+    app = create_app(config)
+    lines.on_suppressed = functools.partial(app[METRICS].refused, "log_lines_per_client_per_minute")
+    where = f"{config.host or '*'}:{config.port}"
+    log.info("All Is Well server listening on %s", where)
+    _run(_serve(app, config), _event_loop())
+    log.info("All Is Well server stopped")
     return 0
 
 

@@ -17,6 +17,7 @@ from .clock import Clock, wall_ms
 from .codes import Codes
 from .crashes import Bindings, Sweeper
 from .events import Events
+from .guard import GUARD, Guard
 from .instances import Instances
 from .limits import AttemptLimiter
 from .metrics import Metrics
@@ -123,6 +124,8 @@ def create_app(settings: Settings, clock: Clock = wall_ms) -> web.Application:
     """Build the whole server; nothing connects or starts until the app starts."""
     app = web.Application(client_max_size=settings.max_message_bytes)
     shared = build_shared(settings, clock)
+    metrics = Metrics()
+    guard = Guard(settings, metrics)
     sio = transport.SocketServer(
         client_manager=shared.relay or transport.DirectManager(),
         async_mode="aiohttp",
@@ -134,13 +137,14 @@ def create_app(settings: Settings, clock: Clock = wall_ms) -> web.Application:
         async_handlers=True,
         logger=False,
         engineio_logger=False,
+        guard=guard,
     )
     sio.eio.instance_id = shared.instances.id
     sio.attach(app, socketio_path=SOCKET_PATH.strip("/"))
     websockets = transport.install(sio)
     app[WEBSOCKETS] = websockets
+    app[GUARD] = guard
     store = shared.store
-    metrics = Metrics()
     events = Events(
         sio,
         store,
@@ -152,6 +156,7 @@ def create_app(settings: Settings, clock: Clock = wall_ms) -> web.Application:
         instances=shared.instances,
         codes=shared.codes,
         bindings=shared.bindings,
+        guard=guard,
     )
     events.attach()
     if isinstance(store, RedisPersistence):

@@ -18,6 +18,7 @@ from . import errors, payloads, rules
 from .clock import Clock
 from .codes import Codes, Seen
 from .crashes import Bindings
+from .guard import SETTLE_SECONDS, Guard
 from .instances import Instances
 from .limits import AttemptLimiter, client_address
 from .logs import token_ref
@@ -57,6 +58,7 @@ class Events:
         instances: Instances | None = None,
         codes: Codes | None = None,
         bindings: Bindings | None = None,
+        guard: Guard | None = None,
     ) -> None:
         self.sio = sio
         self.metrics = metrics if metrics is not None else Metrics()
@@ -79,6 +81,9 @@ class Events:
         # Set when the shutdown hangs up on everyone: nobody is told that the others left (they
         # are all leaving, and reconnect by themselves).
         self.draining = False
+        # Each socket's events in flight, which its disconnect waits for (see disconnect).
+        self.guard = guard if guard is not None else getattr(sio, "guard", None)
+        self._late_leaves: set[asyncio.Task[None]] = set()
 
     def attach(self) -> None:
         handlers: dict[str, Handler] = {
@@ -110,10 +115,15 @@ class Events:
                 outcome = "rejected" if _answered_error.get() else "ok"
             except payloads.BadPayload as exc:
                 outcome = "rejected"
-                log.info("Rejected %s from %s: %s", event, sid, exc)
+                log.info("Rejected %s from %s: %s", event, sid, exc, extra=self._client(sid))
                 await self._error(sid, str(exc))
             except StoreUnavailable:
-                log.warning("%s from %s: session not in memory and Redis unavailable", event, sid)
+                log.warning(
+                    "%s from %s: session not in memory and Redis unavailable",
+                    event,
+                    sid,
+                    extra=self._client(sid),
+                )
                 await self._error(sid, errors.STORAGE_UNAVAILABLE)
             except Exception:
                 self.metrics.error("event")
@@ -163,7 +173,11 @@ class Events:
         seen = await self.codes.get(code)
         claim, entry = register(seen.entry, code, sid, now, self.code_grace_ms)
         if claim is Claim.IN_USE:
-            log.info("registerCode from %s refused: code held by another socket", sid)
+            log.info(
+                "registerCode from %s refused: code held by another socket",
+                sid,
+                extra=self._client(sid),
+            )
             await self._failed_attempt(sid, errors.CODE_IN_USE)
             return True
         existing = seen.entry
@@ -268,11 +282,15 @@ class Events:
     def _address(self, sid: str) -> str:
         return self.addresses.get(sid, "unknown")
 
+    def _client(self, sid: str) -> dict[str, str]:
+        """`extra=` for a log line about this client (at most a few a minute are written)."""
+        return {"client": self._address(sid)}
+
     async def _failed_attempt(self, sid: str, message: str) -> None:
         """A wrong code: counted against the address; past the limit the answer changes."""
         address = self._address(sid)
         if await self.limiter.failed(address) > self.limiter.limit:
-            log.warning("Code attempts from %s over the limit", address)
+            log.warning("Code attempts from %s over the limit", address, extra={"client": address})
             await self._error(sid, errors.TOO_MANY_ATTEMPTS)
             return
         await self._error(sid, message)
@@ -390,16 +408,46 @@ class Events:
             seen = (address, "websocket" if started_on == "websocket" else "polling")
             environ.clear()
             environ["alliswell.client"] = seen
+        if self.guard is not None and not self.guard.open_session(sid, seen[0]):
+            # With TRUST_PROXY every TCP connection is the proxy's: counted here instead.
+            log.info("Connection from %s refused: too many", seen[0], extra={"client": seen[0]})
+            raise socketio.exceptions.ConnectionRefusedError(errors.TOO_MANY_CONNECTIONS)
         self.addresses[sid] = seen[0]
         self.metrics.connected(seen[1])
 
     async def disconnect(self, sid: str, reason: str = CLIENT_LEFT) -> None:
+        """The socket's events still in flight finish first (at most a few seconds): one that
+        awaited Redis meanwhile would otherwise bind the departed socket after its bookkeeping
+        (a ghost socket id in the record, its code held for 24 h)."""
         self.metrics.disconnected(reason)
+        guard = self.guard
+        # Not while draining: the events in flight had their share of the budget already,
+        # and every socket is leaving.
+        settled = guard is None or await guard.settle(sid, 0 if self.draining else SETTLE_SECONDS)
         try:
             await self._leave(sid, reason)
         except Exception:
             self.metrics.error("disconnect")
             log.exception("Disconnect bookkeeping for %s failed", sid)
+        if guard is None:
+            return
+        if settled or self.draining:
+            guard.forget(sid)
+            return
+        # An event outlived the wait: leave again once it is over.
+        task = asyncio.get_running_loop().create_task(self._leave_late(guard, sid, reason))
+        self._late_leaves.add(task)
+        task.add_done_callback(self._late_leaves.discard)
+
+    async def _leave_late(self, guard: Guard, sid: str, reason: str) -> None:
+        try:
+            await guard.settled(sid)
+            await self._leave(sid, reason)
+        except Exception:
+            self.metrics.error("disconnect")
+            log.exception("Disconnect bookkeeping for %s failed", sid)
+        finally:
+            guard.forget(sid)
 
     async def _leave(self, sid: str, reason: str) -> None:
         now = self.clock()

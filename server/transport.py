@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
 from urllib.parse import parse_qs
 
 import engineio
@@ -16,10 +16,30 @@ from aiohttp import WSCloseCode, web
 from engineio import packet as engineio_packet
 from socketio import packet as socketio_packet
 
-from . import errors, websocket
+from . import errors, logs, websocket
+from .guard import BINARY_STRIKES, EVENT_OF, Guard
 from .instances import SEPARATOR
+from .limits import client_address
+from .settings import Settings
 
 log = logging.getLogger(__name__)
+
+# What decoding a Socket.IO packet raises (msgspec's DecodeError is a ValueError).
+DECODING: Final = (ValueError, LookupError, TypeError, AttributeError, RecursionError)
+BINARY_TYPES: Final = (socketio_packet.BINARY_EVENT, socketio_packet.BINARY_ACK)
+KNOWN_TYPES: Final = (
+    socketio_packet.CONNECT,
+    socketio_packet.DISCONNECT,
+    socketio_packet.EVENT,
+    socketio_packet.ACK,
+    *BINARY_TYPES,
+)
+
+
+def _size(item: Any) -> int:
+    """About what a queued Engine.IO packet costs to hold: its payload."""
+    data = getattr(item, "data", None)
+    return len(data) if isinstance(data, str | bytes) else 16
 
 
 class PacketQueue:
@@ -27,15 +47,24 @@ class PacketQueue:
 
     An asyncio.Queue holds four deques (its items, getters, putters and its Event's waiters),
     ~3 KB per connection before anything is queued; lists created when needed cost ~0.1 KB.
+
+    Bounded: a poller that does not poll while its packets pile up past `limit` bytes is
+    `overflow`'s to hang up on (one that sent 300,000 events without reading the replies
+    held +155 MB). What is queued is dropped then, and nothing more is taken.
     """
 
-    __slots__ = ("_getters", "_items", "_joiners", "_unfinished")
+    __slots__ = ("_bytes", "_getters", "_items", "_joiners", "_unfinished", "limit", "overflow")
 
-    def __init__(self) -> None:
+    def __init__(
+        self, limit: int = 0, overflow: Callable[[PacketQueue], None] | None = None
+    ) -> None:
         self._items: list[Any] = []
         self._getters: list[asyncio.Future[None]] | None = None
         self._unfinished = 0
         self._joiners: list[asyncio.Future[None]] | None = None
+        self._bytes = 0
+        self.limit = limit  # 0: no limit
+        self.overflow = overflow
 
     def qsize(self) -> int:
         return len(self._items)
@@ -47,9 +76,25 @@ class PacketQueue:
         return False
 
     def put_nowait(self, item: Any) -> None:
+        if self.limit and item is not None:
+            if self.overflow is None:
+                return  # overflowed: hung up on
+            self._bytes += _size(item)
+            if self._bytes > self.limit:
+                self._overflowed()
+                return
         self._items.append(item)
         self._unfinished += 1
         self._wake_getter()
+
+    def _overflowed(self) -> None:
+        overflow, self.overflow = self.overflow, None
+        self._bytes = 0
+        for _ in range(len(self._items)):
+            self.task_done()
+        self._items.clear()
+        if overflow is not None:
+            overflow(self)
 
     async def put(self, item: Any) -> None:
         self.put_nowait(item)
@@ -57,7 +102,12 @@ class PacketQueue:
     def get_nowait(self) -> Any:
         if not self._items:
             raise asyncio.QueueEmpty
-        return self._items.pop(0)
+        return self._taken(self._items.pop(0))
+
+    def _taken(self, item: Any) -> Any:
+        if self.limit and item is not None:
+            self._bytes -= _size(item)
+        return item
 
     async def get(self) -> Any:
         while not self._items:
@@ -74,7 +124,7 @@ class PacketQueue:
                 if self._items and not getter.cancelled():
                     self._wake_getter()  # woken, then cancelled: pass the turn on
                 raise
-        return self._items.pop(0)
+        return self._taken(self._items.pop(0))
 
     def task_done(self) -> None:
         if self._unfinished <= 0:
@@ -113,9 +163,49 @@ class EngineServer(engineio.AsyncServer):  # type: ignore[misc]
 
     # Set by the app: every id made here names this instance (see instances.py).
     instance_id = ""
+    # Set by SocketServer: the limits of one client.
+    guard: Guard
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._hanging_up: set[asyncio.Task[None]] = set()
 
     def create_queue(self, *args: Any, **kwargs: Any) -> PacketQueue:
-        return PacketQueue()
+        return PacketQueue(self.guard.outbound_bytes, self._overflowed)
+
+    def _overflowed(self, queue: PacketQueue) -> None:
+        """A poller's unread packets passed OUTBOUND_BUFFER_BYTES: hang up on it."""
+        for sid, eio_socket in list(self.sockets.items()):
+            if eio_socket.queue is queue:
+                self.guard.metrics.refused("outbound_buffer_bytes")
+                client = client_of(eio_socket)
+                log.info("Closing %s: %d bytes of replies unread", sid, queue.limit, extra=client)
+                task = asyncio.get_running_loop().create_task(self.hang_up(sid))
+                self._hanging_up.add(task)
+                task.add_done_callback(self._hanging_up.discard)
+                return
+
+    async def refuse(self, sid: str) -> None:
+        """Hang up on a client now: its CLOSE goes out (after what was sent to it) before the
+        disconnect's bookkeeping, which may wait for the client's events in flight."""
+        eio_socket = self.sockets.pop(sid, None)
+        if eio_socket is not None and not eio_socket.closing:
+            eio_socket.queue.put_nowait(engineio_packet.Packet(engineio_packet.CLOSE))
+            await eio_socket.close(wait=False, abort=True, reason=self.reason.SERVER_DISCONNECT)
+
+    async def hang_up(self, sid: str) -> None:
+        """Close one session at once, without a CLOSE packet: its client is not listening."""
+        eio_socket = self.sockets.pop(sid, None)
+        if eio_socket is not None:
+            await eio_socket.close(wait=False, abort=True, reason=self.reason.SERVER_DISCONNECT)
+            eio_socket.queue.put_nowait(None)  # ends a pending poll
+
+    async def handle_request(self, *args: Any, **kwargs: Any) -> Any:
+        # engine.io's own log lines of this request are the client's (see logs.py).
+        request = args[0]
+        trust_proxy = self.guard.trust_proxy
+        logs.CLIENT.set(client_address(request.remote, request.headers, trust_proxy))
+        return await super().handle_request(*args, **kwargs)
 
     def generate_id(self) -> str:
         return f"{self.instance_id}{SEPARATOR}{super().generate_id()}"
@@ -127,13 +217,21 @@ class EngineServer(engineio.AsyncServer):  # type: ignore[misc]
                 await eio_socket.close(wait=False, reason=self.reason.SERVER_DISCONNECT)
 
 
+def client_of(eio_socket: Any) -> dict[str, str]:
+    """`extra=` naming the client of an Engine.IO socket, for the per-client log limit."""
+    return {"client": getattr(eio_socket, "client", "unknown")}
+
+
 class _OneLineParseErrors(logging.Filter):
     """engine.io logs a traceback for every unparseable polling payload or unknown packet type:
-    any client could fill the log. One line is enough."""
+    any client could fill the log. One line is enough, limited per client (logs.py)."""
 
     NOISY = frozenset({"post request handler error", "Unknown receive error"})
 
     def filter(self, record: logging.LogRecord) -> bool:
+        client = logs.CLIENT.get()
+        if client is not None and not hasattr(record, "client"):
+            record.client = client
         if record.msg in self.NOISY and record.exc_info:
             error = record.exc_info[1]
             record.msg = f"{record.msg}: {error.__class__.__name__}: {str(error)[:200]}"
@@ -199,31 +297,153 @@ class DirectManager(socketio.AsyncManager):  # type: ignore[misc]
 
 
 class SocketServer(socketio.AsyncServer):  # type: ignore[misc]
-    """An AsyncServer that answers an undecodable packet with an `error` event.
+    """An AsyncServer that decodes each packet itself, so that only a decoding failure counts
+    as a malformed packet (answered with an `error` event, one info line), and that bounds
+    what one client may make it hold: announced binary attachments, events in flight.
 
-    python-socketio lets decoding errors (and e.g. `42{}`, an event that is not a list) escape
-    to engine.io, which logs a traceback per packet: any client could fill the log. Here it is
-    one info line and a clear reply.
+    python-socketio let decoding errors (and e.g. `42{}`, an event that is not a list) escape
+    to engine.io, which logs a traceback per packet; and it buffered every binary frame that a
+    packet announced (`45999999999-[...]`: 200 MB in 5.5 s), and started a task per event
+    however many were running (100,000 checkIn: 23,831 tasks at once).
     """
 
-    async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
-        try:
-            await super()._handle_eio_message(eio_sid, data)
-        except (ValueError, LookupError, TypeError, AttributeError) as exc:
-            # Only decoding and packet shape fail here: handlers run in tasks of their own.
-            log.info("Malformed packet from %s dropped: %s", eio_sid, str(exc)[:200])
-            sid = self.manager.sid_from_eio_sid(eio_sid, "/")
-            if sid is not None:
-                await self.emit("error", errors.MALFORMED_PACKET, to=sid)
+    def __init__(self, *args: Any, guard: Guard | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if guard is None:
+            from .metrics import Metrics  # not at the top: metrics -> relay -> transport
+
+            guard = Guard(Settings(), Metrics())
+        self.guard = guard
+        self.eio.guard = self.guard
+        self._binary_strikes: dict[str, int] = {}
+        self._event_tasks: set[asyncio.Task[Any]] = set()
 
     def _engineio_server_class(self) -> type[EngineServer]:
         return EngineServer
 
+    async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
+        if not isinstance(data, str):
+            if eio_sid in self._binary_packet:  # announced, and within ATTACHMENTS_PER_PACKET
+                await super()._handle_eio_message(eio_sid, data)
+            else:
+                await self._unexpected_binary(eio_sid)
+            return
+        try:
+            pkt = self._decode(eio_sid, data)
+        except DECODING as exc:
+            await self._malformed(eio_sid, exc)
+            return
+        try:
+            await self._dispatch(eio_sid, pkt)
+        except Exception:
+            # A bug of ours (a connect handler, the manager), not the client's packet.
+            self.guard.metrics.error("packet")
+            log.exception("Handling a packet from %s failed", eio_sid)
+
+    def _decode(self, eio_sid: str, data: str) -> Any:
+        """The Socket.IO packet in `data`; raises what DECODING names when it is not one."""
+        pkt = self.packet_class(encoded_packet=data)
+        kind = pkt.packet_type
+        if kind not in KNOWN_TYPES:
+            raise ValueError(f"unexpected packet type {kind!r}")
+        if kind in (socketio_packet.EVENT, socketio_packet.BINARY_EVENT):
+            event = pkt.data
+            if not isinstance(event, list) or not event or not isinstance(event[0], str):
+                raise ValueError("an event is a list that starts with its name")
+        if kind in BINARY_TYPES:
+            if pkt.attachment_count < 1:
+                raise ValueError("a binary packet without attachments")
+            if not self.manager.sid_from_eio_sid(eio_sid, pkt.namespace or "/"):
+                raise ValueError("a binary packet before CONNECT")
+        return pkt
+
+    async def _dispatch(self, eio_sid: str, pkt: Any) -> None:
+        """python-socketio's dispatch of a decoded packet."""
+        kind = pkt.packet_type
+        if kind == socketio_packet.CONNECT:
+            await self._handle_connect(eio_sid, pkt.namespace, pkt.data)
+        elif kind == socketio_packet.DISCONNECT:
+            reason = self.reason.CLIENT_DISCONNECT
+            await self._handle_disconnect(eio_sid, pkt.namespace, reason)
+        elif kind == socketio_packet.EVENT:
+            await self._handle_event(eio_sid, pkt.namespace, pkt.id, pkt.data)
+        elif kind == socketio_packet.ACK:
+            await self._handle_ack(eio_sid, pkt.namespace, pkt.id, pkt.data)
+        elif pkt.attachment_count > self.guard.attachments:
+            await self._refuse_attachments(eio_sid, pkt.attachment_count)
+        else:
+            self._binary_packet[eio_sid] = pkt
+
+    async def _malformed(self, eio_sid: str, exc: BaseException) -> None:
+        client = client_of(self.eio.sockets.get(eio_sid))
+        log.info("Malformed packet from %s dropped: %s", eio_sid, str(exc)[:200], extra=client)
+        await self._tell(eio_sid, errors.MALFORMED_PACKET)
+
+    async def _tell(self, eio_sid: str, message: str) -> None:
+        sid = self.manager.sid_from_eio_sid(eio_sid, "/")
+        if sid is not None:
+            await self.emit("error", message, to=sid)
+
+    async def _refuse_attachments(self, eio_sid: str, announced: int) -> None:
+        """Refused before anything is buffered; the frames it announced are dropped as they
+        come, and a client that keeps sending them is hung up on."""
+        self.guard.metrics.refused("attachments_per_packet")
+        client = client_of(self.eio.sockets.get(eio_sid))
+        log.info("%s announced %d binary attachments: refused", eio_sid, announced, extra=client)
+        await self._tell(eio_sid, errors.ATTACHMENTS_REFUSED)
+
+    async def _unexpected_binary(self, eio_sid: str) -> None:
+        if eio_sid not in self.eio.sockets:
+            return
+        strikes = self._binary_strikes.get(eio_sid, 0) + 1
+        self._binary_strikes[eio_sid] = strikes
+        if strikes == BINARY_STRIKES + 1:
+            self.guard.metrics.refused("attachments_per_packet")
+            client = client_of(self.eio.sockets.get(eio_sid))
+            log.info("Closing %s: binary frames nobody asked for", eio_sid, extra=client)
+            await self.eio.refuse(eio_sid)
+
+    async def _handle_event(self, eio_sid: str, namespace: Any, id: Any, data: Any) -> None:
+        """python-socketio's, with the socket's events in flight bounded: at the limit the
+        connection's reader waits here (WebSocket: TCP pushes back; polling: the POST is held),
+        and a client that insists is told so and hung up on."""
+        namespace = namespace or "/"
+        sid = self.manager.sid_from_eio_sid(eio_sid, namespace)
+        if not self.manager.is_connected(sid, namespace):
+            return
+        guard = self.guard
+        if not await guard.admit_event(sid):
+            if self.manager.is_connected(sid, namespace):  # else refused already
+                await self._too_many_events(eio_sid, sid)
+            return
+        if not self.manager.is_connected(sid, namespace) or not guard.begin(sid):
+            return  # its disconnect began meanwhile: nothing new starts for it
+        task = asyncio.get_running_loop().create_task(
+            self._run_event(sid, eio_sid, data, namespace, id)
+        )
+        self._event_tasks.add(task)
+        task.add_done_callback(self._event_tasks.discard)
+        task.add_done_callback(lambda _: guard.end(sid))
+
+    async def _run_event(self, sid: str, eio_sid: str, data: Any, namespace: str, id: Any) -> None:
+        EVENT_OF.set(sid)  # in this task's own context
+        await self._handle_event_internal(self, sid, eio_sid, data, namespace, id)
+
+    async def _too_many_events(self, eio_sid: str, sid: str) -> None:
+        self.guard.metrics.refused("events_in_flight_per_connection")
+        client = client_of(self.eio.sockets.get(eio_sid))
+        log.info("Closing %s: too many events in flight", sid, extra=client)
+        await self.emit("error", errors.TOO_MANY_EVENTS, to=sid)
+        await self.eio.refuse(eio_sid)
+
     async def _handle_eio_connect(self, eio_sid: str, environ: dict[str, Any]) -> None:
+        eio_socket = self.eio.sockets[eio_sid]
+        request = environ["aiohttp.request"]
+        eio_socket.client = client_address(request.remote, request.headers, self.guard.trust_proxy)
         # Called before engine.io schedules the first ping: one that starts on WebSocket is
         # pinged by server.websocket's heartbeat instead of a task of its own.
         if parse_qs(environ.get("QUERY_STRING", "")).get("transport") == ["websocket"]:
-            websocket.adopt(self.eio.sockets[eio_sid])
+            websocket.adopt(eio_socket)
         await super()._handle_eio_connect(eio_sid, environ)
 
     async def _handle_eio_disconnect(self, eio_sid: str, reason: str) -> None:
@@ -231,25 +451,21 @@ class SocketServer(socketio.AsyncServer):  # type: ignore[misc]
         # for the ping timeout (45 s): a request and a task held for nothing, and a shutdown
         # that waits for them. Nothing more will be sent to it (no CLOSE packet follows), so
         # end the poll now.
+        self._binary_strikes.pop(eio_sid, None)
         eio_socket = self.eio.sockets.get(eio_sid)
         if eio_socket is not None and reason == self.eio.reason.CLIENT_DISCONNECT:
             eio_socket.queue.put_nowait(None)
         await super()._handle_eio_disconnect(eio_sid, reason)
 
-    async def _handle_event(self, eio_sid: str, namespace: str, id: Any, data: Any) -> None:
-        # Checked here, before the handler task starts, so the refusal above applies to it.
-        if not isinstance(data, list) or not data or not isinstance(data[0], str):
-            raise ValueError("an event is a list that starts with its name")
-        await super()._handle_event(eio_sid, namespace, id, data)
-
 
 class WebSockets:
     """The open WebSocket responses of one server, and the heartbeat that pings them."""
 
-    def __init__(self, heartbeat: websocket.Heartbeat) -> None:
+    def __init__(self, heartbeat: websocket.Heartbeat, guard: Guard) -> None:
         # A plain set, emptied by each handler as it ends (a WeakSet adds a weakref each).
         self._open: set[web.WebSocketResponse] = set()
         self.heartbeat = heartbeat
+        self.guard = guard
 
     def __len__(self) -> int:
         return len(self._open)
@@ -260,6 +476,7 @@ class WebSockets:
         instead of engine.io's tasks, and registering it here."""
         registry = self._open
         heartbeat = self.heartbeat
+        guard = self.guard
 
         class WebSocket:
             __slots__ = ("server", "socket")  # lives as long as the connection
@@ -271,7 +488,9 @@ class WebSockets:
             def __call__(self, environ: dict[str, Any]) -> Awaitable[web.WebSocketResponse]:
                 # A coroutine, not an async def of its own: one coroutine fewer per connection.
                 max_size = self.server.max_http_buffer_size
-                return websocket.serve(self.socket, environ, max_size, heartbeat, registry)
+                return websocket.serve(
+                    self.socket, environ, max_size, heartbeat, registry, guard.outbound_bytes
+                )
 
         return WebSocket
 
@@ -291,7 +510,7 @@ def install(sio: Any, heartbeat: websocket.Heartbeat | None = None) -> WebSocket
     its heartbeat must run for the app's lifetime."""
     if heartbeat is None:
         heartbeat = websocket.Heartbeat(sio.eio.ping_interval, sio.eio.ping_timeout)
-    websockets = WebSockets(heartbeat)
+    websockets = WebSockets(heartbeat, sio.guard)
     sio.eio._async = {**sio.eio._async, "websocket": websockets.driver()}
     return websockets
 

@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
+from typing import Any
 
+import aiohttp
+import pytest
 import websockets
+from aiohttp.test_utils import TestServer
 
+from server.app import SIO, create_app
+from server.ops import METRICS
+from server.settings import Settings
+from tests.support.metrics import parse, value
 from tests.support.nodeclient import NodeDriver
 from tests.support.processes import ServerProcess
 
@@ -122,3 +131,33 @@ async def test_raw_engine_io_garbage_hurts_nobody(server: ServerProcess) -> None
         await ws.send("40")
         assert (await ws.recv()).startswith("40")
     assert "Traceback" not in server.log_text()
+
+
+async def test_a_bug_in_our_handling_of_a_packet_is_logged_with_its_traceback_and_counted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # It was reported as "Malformed packet ... dropped" at INFO, with no traceback.
+    app = create_app(Settings())
+
+    async def broken_connect(sid: str, environ: dict[str, Any], auth: Any = None) -> None:
+        raise LookupError("a deliberate bug")
+
+    app[SIO].on("connect", broken_connect)
+    server = TestServer(app)
+    await server.start_server()
+    try:
+        url = str(server.make_url("/socket.io/?EIO=4&transport=websocket"))
+        async with aiohttp.ClientSession() as http, http.ws_connect(url) as ws:
+            assert str((await ws.receive(timeout=5)).data).startswith("0{")
+            await ws.send_str("40")
+            with pytest.raises(TimeoutError):
+                reply = await ws.receive(timeout=1)
+                pytest.fail(f"the client was answered {reply.data!r}")
+        samples = parse((await app[METRICS].render()).decode())
+    finally:
+        await server.close()
+
+    bugs = [r for r in caplog.records if r.levelno >= logging.ERROR and r.exc_info]
+    assert bugs and "a deliberate bug" in str(bugs[0].exc_info[1])  # type: ignore[index]
+    assert not any("Malformed" in r.getMessage() for r in caplog.records)
+    assert value(samples, "alliswell_errors_total", where="packet") == 1
