@@ -38,6 +38,10 @@ class Session(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     # reconnect clears the pending alert (as Node did); this keeps that missed check-in from
     # being raised, and pushed to every tracker, again.
     alerted_for: int | float | None = None
+    # Beyond: how many times the record was written. Writes are compare-and-set, so of two
+    # copies the one with more writes is the newer: after Redis lost its data, the instance
+    # holding the newest copy wins the write-back (the Node server ignores the field).
+    revision: int = 0
 
 
 class ReconnectSession(msgspec.Struct, frozen=True, rename="camel"):

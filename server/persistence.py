@@ -13,6 +13,7 @@ from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
+from msgspec.structs import replace
 from redis import asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
@@ -45,17 +46,37 @@ MAX_HELD_OPS: Final = 100  # changes kept per session while Redis is away
 WRITE_BACK_BATCH: Final = 500  # records per script call when Redis lost its data
 
 # KEYS: the deadlines set, then one record key per session. ARGV: the TTL, then per session the
-# record as this process last saw it in Redis ("" none, "*" whatever is there), the record to
+# record as this process last saw it in Redis ("" none, "*" whatever is there, "<N" none or one
+# whose revision is below N: after Redis lost its data, the newest copy wins), the record to
 # write ("-" none: only check that it is still as seen), and per kind of deadline the member and
 # its due time ("" removes it, "-" leaves it). A record that is not as seen is not written: its
 # position and what is there now ("" none) are returned, for the change to be made again on it.
 _WRITE: Final = f"""
 local per = 2 + 2 * {len(KINDS)}
 local conflicts = {{}}
+local function older(current, revision)
+  if current == '' then
+    return true
+  end
+  local ok, record = pcall(cjson.decode, current)
+  if not ok or type(record) ~= 'table' then
+    return false
+  end
+  return (tonumber(record['revision']) or 0) < revision
+end
+local function as_seen(current, expected)
+  if expected == '*' then
+    return true
+  end
+  if string.sub(expected, 1, 1) == '<' then
+    return older(current, tonumber(string.sub(expected, 2)))
+  end
+  return current == expected
+end
 for i = 2, #KEYS do
   local a = 2 + (i - 2) * per
   local current = redis.call('GET', KEYS[i]) or ''
-  if ARGV[a] ~= '*' and current ~= ARGV[a] then
+  if not as_seen(current, ARGV[a]) then
     conflicts[#conflicts + 1] = i - 1
     conflicts[#conflicts + 1] = current
   elseif ARGV[a + 1] ~= '-' then
@@ -73,6 +94,11 @@ return conflicts
 """
 ANY: Final = "*"
 ABSENT: Final = ""
+
+
+def older_than(revision: int) -> str:
+    """What a write expects when Redis may have lost the record: none, or an older copy."""
+    return f"<{revision}"
 
 
 if TYPE_CHECKING:
@@ -117,6 +143,8 @@ class RedisPersistence(_StoreBase):
         self._dirty: set[str] = set()
         # Tokens whose changes outgrew MAX_HELD_OPS while Redis was away: written as they are.
         self._forced: set[str] = set()
+        # Tokens whose record was gone from Redis: written unless a newer copy is there now.
+        self._gone: set[str] = set()
         # Group commit: tokens changed since the last write, the future their writers wait on,
         # and the task that writes them.
         self._pending: set[str] = set()
@@ -286,11 +314,17 @@ class RedisPersistence(_StoreBase):
                 continue
             seen = self._seen.get(token)
             expected = ANY if token in self._forced else (seen[0] if seen else ABSENT)
+            if token in self._gone:
+                expected = older_than(session.revision)
             if seen is not None and seen[1] is session:
                 raw = None  # nothing new to write: only check that the record is as seen
                 due: dict[str, int] | None = None
                 args += [expected, UNCHANGED] + [UNCHANGED] * (2 * len(KINDS))
             else:
+                # One more write of the record: the cache holds the counted copy (no await
+                # since it was read, so no change is lost).
+                base = seen[1].revision if seen is not None else session.revision
+                session = self._sessions[token] = replace(session, revision=base + 1)
                 raw = _encode(session)
                 due = deadlines(session, now)
                 unchanged = self._synced.get(token) == due
@@ -318,6 +352,7 @@ class RedisPersistence(_StoreBase):
             if token in synced:
                 self._synced[token] = synced[token]
             self._forced.discard(token)
+            self._gone.discard(token)
             ops = self._ops.get(token, [])
             for op in ops[:written]:
                 op.done = True
@@ -336,8 +371,11 @@ class RedisPersistence(_StoreBase):
         """
         self._synced.pop(token, None)
         self._seen.pop(token, None)
+        self._gone.discard(token)
         if not raw:
+            # Unless another instance wrote back a newer copy meanwhile (see older_than).
             log.warning("Session %s was gone from Redis: writing it again", token_ref(token))
+            self._gone.add(token)
             return
         session = self._decode(token, raw)
         if session is None:
@@ -439,9 +477,10 @@ class RedisPersistence(_StoreBase):
         log.warning("Redis lost its data: wrote back %d sessions and %d deadlines", sessions, due)
 
     async def write_back(self) -> tuple[int, int]:
-        """Write every cached record, and its deadlines, where Redis has no record: several
-        instances doing it at once keep whichever came first, and a change an event made since
-        is never overwritten. Returns how many records and deadlines were written."""
+        """Write every cached record, and its deadlines, where Redis has no record or an older
+        copy (fewer writes: see Session.revision): of several instances doing it at once the
+        newest copy wins, and a change an event made since is never overwritten. Returns how many
+        records and deadlines were written."""
         sessions = deadline_count = 0
         async with self._writing:
             tokens = list(self._sessions)
@@ -468,7 +507,7 @@ class RedisPersistence(_StoreBase):
             due = deadlines(session, now)
             encoded.append((raw, due))
             record_keys.append(keys.session(token))
-            args += [ABSENT, raw]
+            args += [older_than(session.revision), raw]
             for kind in KINDS:
                 args += [member(kind, token), due.get(kind) or REMOVE]
         reply = await self._write_script(keys=record_keys, args=args)
@@ -520,6 +559,7 @@ class RedisPersistence(_StoreBase):
         super()._forget(token)
         self._synced.pop(token, None)
         self._seen.pop(token, None)
+        self._gone.discard(token)
 
     def _has_local_sockets(self, token: str) -> bool:
         session = self._sessions.get(token)

@@ -158,3 +158,53 @@ async def test_a_write_back_never_overwrites_a_change_made_since_redis_came_back
     finally:
         for store in (a, b):
             await store.close()
+
+
+class FirstWriteBackWins(RedisStore):
+    """Writes its cached records back only where Redis has none (the newest copy may lose)."""
+
+    async def _write_back(self, batch: list[tuple[str, Session]]) -> tuple[int, int]:
+        written = 0
+        for token, session in batch:
+            if await self._redis.set(keys.session(token), _encode(session), nx=True):
+                written += 1
+        return written, 0
+
+
+@pytest.mark.parametrize(
+    "store_class",
+    [
+        RedisStore,
+        pytest.param(
+            FirstWriteBackWins,
+            marks=pytest.mark.xfail(strict=True, reason="a stale copy written back first wins"),
+        ),
+    ],
+)
+async def test_the_newest_copy_wins_the_write_back_whoever_writes_first(
+    redis_server: RedisServer, store_class: type[RedisStore]
+) -> None:
+    # Found by the chaos run: B read the session once (a tracker paired there), A confirmed a
+    # check-in since; Redis restarted empty and B, with its stale copy, wrote back first.
+    client = connect(redis_server.url, timeout=2, max_connections=4)
+    clock = FakeClock()
+    a = store_class(clock, client, Instances(clock, client))
+    b = store_class(clock, client, Instances(clock, client))
+    try:
+        for store in (a, b):
+            await store.start()
+        token = secrets.token_hex(32)
+        await a.create(token, Session(last_check_in=START))
+        assert await b.load(token) is not None  # B's copy, from before the check-in
+        assert await a.update(token, lambda s: (rules.check_in(s, START + 1000), None))
+
+        redis_server.kill()
+        await asyncio.to_thread(redis_server.start)
+        await b.write_back()
+        await a.write_back()
+
+        raw = await client.get(keys.session(token))
+        assert raw is not None and decode_record(raw).last_check_in == START + 1000
+    finally:
+        for store in (a, b):
+            await store.close()
