@@ -13,7 +13,7 @@ import socketio
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from . import demo, http, jsonlib, ops, tasks, transport
+from . import demo, http, jsonlib, keys, ops, tasks, transport
 from .alerts import Alerts
 from .clock import Clock, wall_ms
 from .codes import Codes
@@ -82,6 +82,7 @@ class Shared(NamedTuple):
     instances: Instances
     store: MemoryStore
     limiter: AttemptLimiter
+    registrations: AttemptLimiter
     codes: Codes
     relay: Relay | None
 
@@ -89,11 +90,20 @@ class Shared(NamedTuple):
 def build_shared(settings: Settings, clock: Clock) -> Shared:
     """Sessions, codes, attempt counts, heartbeats and delivery: one Redis client for all."""
     limit = settings.code_attempts_per_minute
+    registrations = settings.code_registrations_per_minute
     grace_ms = settings.code_grace_ms
+    per_address = settings.pending_codes_per_address
     if settings.redis_url is None:
         instances = Instances(clock)
-        codes = Codes(clock, instances, grace_ms)
-        return Shared(instances, MemoryStore(clock), AttemptLimiter(clock, limit), codes, None)
+        codes = Codes(clock, instances, grace_ms, pending_per_address=per_address)
+        return Shared(
+            instances,
+            MemoryStore(clock),
+            AttemptLimiter(clock, limit),
+            AttemptLimiter(clock, registrations, key=keys.registrations),
+            codes,
+            None,
+        )
     redis = connect(
         settings.redis_url,
         timeout=settings.redis_timeout,
@@ -109,7 +119,8 @@ def build_shared(settings: Settings, clock: Clock) -> Shared:
         instances,
         store,
         AttemptLimiter(clock, limit, redis, available),
-        Codes(clock, instances, grace_ms, redis, available),
+        AttemptLimiter(clock, registrations, redis, available, key=keys.registrations),
+        Codes(clock, instances, grace_ms, redis, available, pending_per_address=per_address),
         Relay(redis, instances),
     )
 
@@ -146,6 +157,9 @@ def create_app(settings: Settings, clock: Clock = wall_ms) -> web.Application:
         metrics=metrics,
         instances=shared.instances,
         codes=shared.codes,
+        registrations=shared.registrations,
+        pending_codes_per_socket=settings.pending_codes_per_socket,
+        trackers_per_session=settings.trackers_per_session,
     )
     events.attach()
     app[SIO] = sio

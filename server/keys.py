@@ -15,6 +15,17 @@ def attempts(address: str, window: int) -> str:
     return f"attempts:{address}:{window}"
 
 
+def registrations(address: str, window: int) -> str:
+    """registerCode events from one client address in one minute."""
+    return f"registrations:{address}:{window}"
+
+
+def pending_codes(address: str) -> str:
+    """Sorted set: the unpaired codes registered from one client address, scored by when each
+    stops counting (ms, Redis's clock); trimmed by the script that changes codes."""
+    return f"pending-codes:{address}"
+
+
 DEADLINES: Final = "deadlines"  # sorted set: `<kind>:<token>` scored by due time (ms)
 DEADLINE_LEASES: Final = "deadlines:leased"  # sorted set: `<kind>:<token>|<due>` by lease end
 INSTANCES: Final = "instances"  # sorted set: instance id scored by its last heartbeat (ms)

@@ -1,7 +1,10 @@
-"""Failed code attempts per client address, counted across instances in Redis.
+"""Attempts per client address (failed code attempts, code registrations), counted across
+instances in Redis.
 
 A fixed one-minute window per address: simple, and at most twice the limit in any 60 s. With
 Redis away (or not configured) the count is kept in this process, so the limit still holds here.
+An attempt is counted before it is evaluated (INCR and EXPIRE in one transaction), so handler
+calls running at once cannot evaluate past the limit; one that turns out honest is refunded.
 """
 
 from __future__ import annotations
@@ -43,6 +46,32 @@ def client_address(remote: str | None, headers: Mapping[str, str], trust_proxy: 
     return str(ip)
 
 
+class Ticket:
+    """One event's attempt: counted at most once, refunded at most once."""
+
+    def __init__(self, limiter: AttemptLimiter, address: str) -> None:
+        self._limiter = limiter
+        self.address = address
+        self._spent: tuple[int, bool, bool] | None = None  # window, allowed, counted in Redis
+        self._refunded = False
+
+    async def spend(self) -> bool:
+        """Count the attempt (the first call only); False when it is over the limit."""
+        if self._spent is None:
+            window = self._limiter.window()
+            count, shared = await self._limiter.count(self.address, window)
+            self._spent = window, count <= self._limiter.limit, shared
+        return self._spent[1]
+
+    async def refund(self) -> None:
+        """The attempt turned out honest: it does not count (once, and only if allowed)."""
+        if self._spent is None or not self._spent[1] or self._refunded:
+            return
+        self._refunded = True
+        window, _, shared = self._spent
+        await self._limiter.uncount(self.address, window, shared)
+
+
 class AttemptLimiter:
     def __init__(
         self,
@@ -50,14 +79,19 @@ class AttemptLimiter:
         limit: int,
         redis: aioredis.Redis | None = None,
         redis_available: Callable[[], bool] = lambda: False,
+        key: Callable[[str, int], str] = keys.attempts,
     ) -> None:
         self._clock = clock
         self.limit = limit
         self._redis = redis
         self._redis_available = redis_available
+        self._key = key
         self._local: dict[tuple[str, int], int] = {}
 
-    def _window(self) -> int:
+    def ticket(self, address: str) -> Ticket:
+        return Ticket(self, address)
+
+    def window(self) -> int:
         return self._clock() // WINDOW_MS
 
     async def blocked(self, address: str) -> bool:
@@ -67,29 +101,50 @@ class AttemptLimiter:
     async def failed(self, address: str) -> int:
         """Count one failed attempt; returns the address's count in this window, this one
         included (above the limit: refuse it)."""
-        window = self._window()
+        return (await self.count(address, self.window()))[0]
+
+    async def count(self, address: str, window: int) -> tuple[int, bool]:
+        """Count one attempt in `window`; returns the count, this one included, and whether it
+        was counted in Redis (True) or in this process."""
         local = self._local.get((address, window), 0)
         if self._redis is not None and self._redis_available():
-            key = keys.attempts(address, window)
+            key = self._key(address, window)
             try:
                 async with self._redis.pipeline(transaction=True) as pipe:
                     pipe.incr(key)
                     pipe.expire(key, 2 * WINDOW_MS // 1000)
                     stored, _ = await pipe.execute()
-                return local + int(stored)
+                return local + int(stored), True
             except (RedisError, OSError) as exc:
                 log.warning("Counting attempts in memory, Redis failed: %s", exc.__class__.__name__)
         self._sweep(window)
         self._local[(address, window)] = local + 1
-        return local + 1
+        return local + 1, False
+
+    async def uncount(self, address: str, window: int, shared: bool) -> None:
+        """Take back one attempt counted in `window` (where it was counted)."""
+        if shared:
+            assert self._redis is not None
+            key = self._key(address, window)
+            try:
+                async with self._redis.pipeline(transaction=True) as pipe:
+                    pipe.decr(key)
+                    pipe.expire(key, 2 * WINDOW_MS // 1000)  # never a key without expiry
+                    await pipe.execute()
+            except (RedisError, OSError):
+                pass  # the honest user loses one attempt of this minute, nothing more
+            return
+        local = self._local.get((address, window), 0)
+        if local > 0:
+            self._local[(address, window)] = local - 1
 
     async def _count(self, address: str) -> int:
-        window = self._window()
+        window = self.window()
         local = self._local.get((address, window), 0)
         if self._redis is None or not self._redis_available():
             return local
         try:
-            stored = await self._redis.get(keys.attempts(address, window))
+            stored = await self._redis.get(self._key(address, window))
         except (RedisError, OSError):
             return local
         return local + int(stored or 0)

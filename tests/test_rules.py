@@ -133,3 +133,11 @@ def test_every_change_made_twice_gives_what_it_gave_once(name: str, session: Ses
     change = CHANGES[name]
     once = change(session)
     assert change(once) == once
+
+
+def test_a_full_session_refuses_a_new_tracker_but_not_one_rejoining() -> None:
+    full = Session(tracker_socket_ids=("a", "b"))
+    assert rules.join_as_tracker(full, "c", 2) == (full, False)
+    assert rules.join_as_tracker(full, "a", 2) == (full, True)
+    joined, admitted = rules.join_as_tracker(full, "c", 3)
+    assert admitted and joined.tracker_socket_ids == ("a", "b", "c")
