@@ -344,8 +344,12 @@ class Events:
             self.presence.bind(sid, token, Role.TRACKED)
             seen = await self.codes.for_token(token)
             if seen is not None and seen.entry is not None:
-                # The app's code is its own again (a lost race only means it re-registers).
-                await self.codes.put(replace(seen.entry, tracked_sid=sid, left_at=None), seen)
+                # The app's code is its own again (a lost race only means it re-registers),
+                # from where it is now: the token proved it is the app.
+                mine = replace(
+                    seen.entry, tracked_sid=sid, left_at=None, address=self._address(sid)
+                )
+                await self.codes.put(mine, seen)
             await self.sio.emit(
                 "sessionReconnected", {"sessionToken": token, "role": "tracked"}, to=sid
             )

@@ -314,6 +314,34 @@ async def test_trackers_of_a_dead_instance_do_not_count_against_the_cap(
 # --- the attempt limit under concurrency ---------------------------------------------------
 
 
+class Monitor:
+    """`redis-cli monitor` for the length of a block: every command Redis was sent."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.lines: list[str] = []
+        self._process: asyncio.subprocess.Process | None = None
+
+    async def __aenter__(self) -> Monitor:
+        self._process = await asyncio.create_subprocess_exec(
+            "redis-cli", "-u", self.url, "monitor", stdout=asyncio.subprocess.PIPE
+        )
+        assert self._process.stdout is not None
+        assert (await self._process.stdout.readline()).strip() == b"OK"
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        assert self._process is not None and self._process.stdout is not None
+        await asyncio.sleep(0.2)  # what Redis has done is on its way to us
+        self._process.terminate()
+        output = await self._process.stdout.read()
+        await self._process.wait()
+        self.lines = output.decode(errors="replace").splitlines()
+
+    def count(self, command: str) -> int:
+        return sum(1 for line in self.lines if command in line)
+
+
 async def test_concurrent_wrong_codes_on_two_instances_are_evaluated_at_most_the_limit(
     node: NodeDriver, start_server: Any, redis_url: str
 ) -> None:
@@ -321,12 +349,15 @@ async def test_concurrent_wrong_codes_on_two_instances_are_evaluated_at_most_the
     a = await start_server(redis_url=redis_url)
     b = await start_server(redis_url=redis_url)
     guessers = [await node.connect(s.url, "websocket") for s in (a, b) * 5]
-    for guesser in guessers:
-        for _ in range(5):  # 50 at once, from one address
-            guesser.emit("trackCode", new_code())
-    answers = [only(await g.expect("error")) for g in guessers for _ in range(5)]
+    async with Monitor(redis_url) as monitor:
+        for guesser in guessers:
+            for _ in range(5):  # 50 at once, from one address
+                guesser.emit("trackCode", new_code())
+        answers = [only(await g.expect("error")) for g in guessers for _ in range(5)]
     assert answers.count(INVALID) == 10, answers
     assert answers.count(TOO_MANY) == 40
+    # Evaluated: a code looked up. Past the limit nothing is, whatever the timing.
+    assert monitor.count('"GET" "code:') == 10
 
 
 async def test_any_six_digits_are_answered_as_an_unknown_code_and_counted(
