@@ -96,6 +96,24 @@ async def test_a_pending_code_whose_owner_left_goes_back_only_to_its_address(
     await track(again, tracker, code)
 
 
+async def test_an_app_that_resumed_with_its_token_elsewhere_keeps_its_code_from_there(
+    node: NodeDriver, start_server: Any, redis_url: str
+) -> None:
+    server = await start_server(redis_url=redis_url, TRUST_PROXY="true")
+    tracked = await node.connect(server.url, "websocket", **at(HOME))
+    tracker = await node.connect(server.url, "websocket", **at(STRANGER))
+    code, _ = await register(tracked)
+    token = await track(tracked, tracker, code)
+    await tracked.kill_transport()
+    # On mobile data now: the token proves it is the app, and the code follows it.
+    mobile = await node.connect(server.url, "websocket", **at("192.0.2.200"))
+    mobile.emit("reconnectSession", {"sessionToken": token, "role": "tracked"})
+    await mobile.expect("sessionReconnected")
+    await mobile.kill_transport()
+    again = await node.connect(server.url, "websocket", **at("192.0.2.200"))
+    assert (await register(again, code))[1]["sessionToken"] == token
+
+
 async def test_past_the_attempt_limit_every_claim_of_a_held_code_is_refused(
     node: NodeDriver, start_server: Any, redis_url: str
 ) -> None:
