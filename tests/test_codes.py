@@ -1,5 +1,6 @@
 """Codes in Redis: a leaving socket releases them in one round trip, and an address's pending
-codes are counted across instances so that expiry and release keep the count right."""
+codes are counted across instances so that expiry and release keep the count right; without
+Redis the count holds in the process."""
 
 from __future__ import annotations
 
@@ -150,3 +151,15 @@ async def test_pending_codes_stop_counting_when_they_expire(server_redis: aiored
     await asyncio.sleep(0.1)
     assert await codes.put(entry("500002", f"{instances.id}.b"), await codes.get("500002"))
     assert 0 < await server_redis.pttl(keys.pending_codes(HOME)) <= CODE_TTL_MS
+
+
+async def test_without_redis_an_address_holds_at_most_its_pending_codes() -> None:
+    instances = Instances(wall_ms)
+    codes = Codes(wall_ms, instances, 300_000, pending_per_address=2)
+    for code in ("600001", "600002"):
+        assert await codes.put(entry(code, f"{instances.id}.a"), await codes.get(code))
+    with pytest.raises(TooManyPending):
+        await codes.put(entry("600003", f"{instances.id}.b"), await codes.get("600003"))
+    assert (await codes.get("600003")).entry is None
+    await codes.delete(await codes.get("600001"))
+    assert await codes.put(entry("600003", f"{instances.id}.b"), await codes.get("600003"))
