@@ -332,7 +332,7 @@ class Codes:
             return []
         return [self._seen(code, raw) for code, raw in zip(codes, raws, strict=True)]
 
-    async def retire_pending(self, sid: str, keep: int, now: int) -> int:
+    async def retire_pending(self, sid: str, keep: int) -> int:
         """The socket's unpaired codes beyond its newest `keep` are deleted (the app shows only
         its newest code); returns how many went."""
         local = [e for e in self._local.owned_by(sid) if not e.paired]
@@ -346,10 +346,17 @@ class Codes:
         ]
         if len(maybe) <= keep:
             return retired
+        fresh = await self._get_all(maybe)
+        owned = self._owned.get(sid, {})
+        for seen in fresh:  # what other instances did to them meanwhile (a tracker paired one)
+            if seen.entry is not None and seen.entry.tracked_sid == sid:
+                owned[seen.code] = seen
+            else:
+                owned.pop(seen.code, None)
         pending = [
             seen
-            for seen in await self._get_all(maybe)
-            if seen.entry is not None and seen.entry.tracked_sid == sid and not seen.entry.paired
+            for seen in fresh
+            if seen.code in owned and seen.entry is not None and not seen.entry.paired
         ]
         pending.sort(key=lambda seen: seen.entry.expires_at if seen.entry else 0)
         for seen in pending[: max(len(pending) - keep, 0)]:

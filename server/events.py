@@ -222,7 +222,7 @@ class Events:
         await self.sio.emit("codeRegistered", reply, to=sid)
         if not entry.paired:
             # The app shows only its newest code: an older pending one of this socket goes.
-            retired = await self.codes.retire_pending(sid, self.pending_codes_per_socket, now)
+            retired = await self.codes.retire_pending(sid, self.pending_codes_per_socket)
             for _ in range(retired):
                 self.metrics.refused("pending_codes_per_socket")
         return True

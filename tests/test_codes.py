@@ -163,3 +163,26 @@ async def test_without_redis_an_address_holds_at_most_its_pending_codes() -> Non
     assert (await codes.get("600003")).entry is None
     await codes.delete(await codes.get("600001"))
     assert await codes.put(entry("600003", f"{instances.id}.b"), await codes.get("600003"))
+
+
+async def test_a_socket_keeps_its_newest_pending_codes_with_or_without_redis(
+    server_redis: aioredis.Redis,
+) -> None:
+    for redis in (server_redis, None):
+        instances = Instances(wall_ms, redis)
+        shared = redis is not None
+        codes = Codes(wall_ms, instances, 300_000, redis, lambda shared=shared: shared)
+        sid = f"{instances.id}.app"
+        names = ["700001", "700002", "700003"] if redis else ["800001", "800002", "800003"]
+        for n, code in enumerate(names):
+            fresh = replace(entry(code, sid), expires_at=wall_ms() + CODE_TTL_MS + n)
+            assert await codes.put(fresh, await codes.get(code))
+        paired = replace(entry("900009", sid), session_token="ef" * 32)
+        assert await codes.put(paired, await codes.get("900009"))  # paired: never retired
+
+        assert await codes.retire_pending(sid, keep=2) == 1
+
+        assert (await codes.get(names[0])).entry is None
+        for code in (*names[1:], "900009"):
+            assert (await codes.get(code)).entry is not None, code
+        await codes.delete(await codes.get("900009"))
