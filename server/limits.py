@@ -87,6 +87,10 @@ class AttemptLimiter:
         self._redis_available = redis_available
         self._key = key
         self._local: dict[tuple[str, int], int] = {}
+        # The last count Redis answered per (address, window): when Redis fails in the middle
+        # of a burst, the count in this process goes on from there, not from zero.
+        self._shared: dict[tuple[str, int], int] = {}
+        self._swept = 0  # the window the counts of earlier ones were forgotten in
 
     def ticket(self, address: str) -> Ticket:
         return Ticket(self, address)
@@ -106,6 +110,7 @@ class AttemptLimiter:
     async def count(self, address: str, window: int) -> tuple[int, bool]:
         """Count one attempt in `window`; returns the count, this one included, and whether it
         was counted in Redis (True) or in this process."""
+        self._sweep(window)
         local = self._local.get((address, window), 0)
         if self._redis is not None and self._redis_available():
             key = self._key(address, window)
@@ -114,12 +119,12 @@ class AttemptLimiter:
                     pipe.incr(key)
                     pipe.expire(key, 2 * WINDOW_MS // 1000)
                     stored, _ = await pipe.execute()
+                self._shared[(address, window)] = int(stored)
                 return local + int(stored), True
             except (RedisError, OSError) as exc:
                 log.warning("Counting attempts in memory, Redis failed: %s", exc.__class__.__name__)
-        self._sweep(window)
         self._local[(address, window)] = local + 1
-        return local + 1, False
+        return local + 1 + self._shared.get((address, window), 0), False
 
     async def uncount(self, address: str, window: int, shared: bool) -> None:
         """Take back one attempt counted in `window` (where it was counted)."""
@@ -150,5 +155,10 @@ class AttemptLimiter:
         return local + int(stored or 0)
 
     def _sweep(self, window: int) -> None:
-        for key in [key for key in self._local if key[1] < window]:
-            del self._local[key]
+        """Forget the counts of past windows, once per window."""
+        if window <= self._swept:
+            return
+        self._swept = window
+        for counts in (self._local, self._shared):
+            for key in [key for key in counts if key[1] < window]:
+                del counts[key]

@@ -143,3 +143,28 @@ async def test_the_status_route_limits_token_guessing(start_server: object) -> N
                 statuses.append((response.status, await response.json()))
     assert statuses[:10] == [(404, {"error": "Invalid session token"})] * 10
     assert statuses[10] == (429, {"error": TOO_MANY})
+
+
+async def test_a_redis_failure_in_a_burst_does_not_start_the_count_over() -> None:
+    redis = fakeredis.FakeAsyncRedis()
+    clock = FakeClock()
+    available = True
+    limiter = AttemptLimiter(clock, 10, redis, lambda: available)
+    for _ in range(8):
+        await limiter.failed("a")
+    available = False  # Redis is away (or its pool exhausted) from here on
+    assert [await limiter.failed("a") for _ in range(3)] == [9, 10, 11]
+    await redis.aclose()
+
+
+async def test_an_honest_attempt_is_refunded_once() -> None:
+    redis = fakeredis.FakeAsyncRedis()
+    limiter = AttemptLimiter(FakeClock(), 2, redis, lambda: True)
+    honest = limiter.ticket("a")
+    assert await honest.spend()
+    await honest.refund()
+    await honest.refund()
+    assert await limiter.ticket("a").spend() and await limiter.ticket("a").spend()
+    assert not await limiter.ticket("a").spend()
+    assert int(await redis.get(f"attempts:a:{START // WINDOW_MS}") or 0) == 3
+    await redis.aclose()
