@@ -13,13 +13,13 @@ import socketio
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from . import demo, http, jsonlib, keys, ops, tasks, transport
+from . import demo, http, jsonlib, ops, tasks, transport
 from .alerts import Alerts
 from .clock import Clock, wall_ms
 from .codes import Codes
 from .events import Events
 from .instances import Instances
-from .limits import AttemptLimiter
+from .limits import AttemptLimiter, RateLimiter
 from .metrics import Metrics
 from .persistence import RedisStore, connect
 from .relay import Relay
@@ -82,7 +82,7 @@ class Shared(NamedTuple):
     instances: Instances
     store: MemoryStore
     limiter: AttemptLimiter
-    registrations: AttemptLimiter
+    registrations: RateLimiter
     codes: Codes
     relay: Relay | None
 
@@ -100,7 +100,7 @@ def build_shared(settings: Settings, clock: Clock) -> Shared:
             instances,
             MemoryStore(clock),
             AttemptLimiter(clock, limit),
-            AttemptLimiter(clock, registrations, key=keys.registrations),
+            RateLimiter(clock, registrations),
             codes,
             None,
         )
@@ -119,7 +119,7 @@ def build_shared(settings: Settings, clock: Clock) -> Shared:
         instances,
         store,
         AttemptLimiter(clock, limit, redis, available),
-        AttemptLimiter(clock, registrations, redis, available, key=keys.registrations),
+        RateLimiter(clock, registrations, redis, available),
         Codes(clock, instances, grace_ms, redis, available, pending_per_address=per_address),
         Relay(redis, instances),
     )

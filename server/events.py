@@ -18,7 +18,7 @@ from . import errors, payloads, rules
 from .clock import Clock
 from .codes import Codes, Seen, TooManyPending
 from .instances import Instances
-from .limits import AttemptLimiter, Ticket, client_address
+from .limits import AttemptLimiter, RateLimiter, Ticket, client_address
 from .logs import token_ref
 from .metrics import Metrics
 from .models import PendingCode, Session
@@ -55,7 +55,7 @@ class Events:
         metrics: Metrics | None = None,
         instances: Instances | None = None,
         codes: Codes | None = None,
-        registrations: AttemptLimiter | None = None,
+        registrations: RateLimiter | None = None,
         pending_codes_per_socket: int = 2,
         trackers_per_session: int = 20,
     ) -> None:
@@ -70,7 +70,7 @@ class Events:
         self.limiter = limiter if limiter is not None else AttemptLimiter(clock, limit=10)
         # Every registerCode of an address, of any code: a sweep of the code space gets nowhere.
         self.registrations = (
-            registrations if registrations is not None else AttemptLimiter(clock, limit=30)
+            registrations if registrations is not None else RateLimiter(clock, limit=30)
         )
         self.pending_codes_per_socket = pending_codes_per_socket
         self.trackers_per_session = trackers_per_session
@@ -152,7 +152,7 @@ class Events:
     async def register_code(self, sid: str, args: tuple[Any, ...]) -> None:
         code = payloads.code(args)
         address = self._address(sid)
-        if not await self.registrations.ticket(address).spend():
+        if not await self.registrations.allow(address):
             await self._refuse(
                 sid, "code_registrations_per_minute", errors.TOO_MANY_ATTEMPTS, "registerCode"
             )
@@ -163,10 +163,12 @@ class Events:
                 "registerCode", functools.partial(self._register, attempt=attempt), sid, code
             )
         except TooManyPending:
-            await attempt.refund()  # not a guess: this address registers too much
+            attempt.honest()  # not a guess: this address registers too much
             await self._refuse(
                 sid, "pending_codes_per_address", errors.TOO_MANY_CODES, "registerCode"
             )
+        finally:
+            await attempt.settle()
 
     async def _settle(
         self, event: str, attempt: Callable[[str, str], Awaitable[bool]], sid: str, code: str
@@ -198,7 +200,7 @@ class Events:
             return True
         token = entry.session_token
         if token is not None and self.presence.holds(sid, token, Role.TRACKER):
-            await attempt.refund()
+            attempt.honest()
             await self._refuse(sid, None, errors.NOT_THE_TRACKED_PERSON, "registerCode")
             return True
         stored = await self.codes.put(entry, seen)
@@ -218,23 +220,28 @@ class Events:
             else:
                 self.presence.bind(sid, token, Role.TRACKED)
                 reply["sessionToken"] = token
-        await attempt.refund()
-        await self.sio.emit("codeRegistered", reply, to=sid)
+        attempt.honest()
         if not entry.paired:
             # The app shows only its newest code: an older pending one of this socket goes.
             retired = await self.codes.retire_pending(sid, self.pending_codes_per_socket)
             for _ in range(retired):
                 self.metrics.refused("pending_codes_per_socket")
+        await self.sio.emit("codeRegistered", reply, to=sid)
         return True
 
     async def track_code(self, sid: str, args: tuple[Any, ...]) -> None:
         code = payloads.any_code(args)
         attempt = self.limiter.ticket(self._address(sid))
-        # Counted before it is evaluated; refunded when it pairs.
+        # A place taken before the code is looked at; a failure unless it pairs.
         if not await attempt.spend():
             await self._refuse(sid, None, errors.TOO_MANY_ATTEMPTS, "trackCode")
             return
-        await self._settle("trackCode", functools.partial(self._track, attempt=attempt), sid, code)
+        try:
+            await self._settle(
+                "trackCode", functools.partial(self._track, attempt=attempt), sid, code
+            )
+        finally:
+            await attempt.settle()
 
     async def _track(self, sid: str, code: str, *, attempt: Ticket) -> bool:
         """One try at trackCode; False if another event changed the code meanwhile."""
@@ -252,7 +259,7 @@ class Events:
         if entry.tracked_sid == sid or (
             token is not None and self.presence.holds(sid, token, Role.TRACKED)
         ):
-            await attempt.refund()
+            attempt.honest()
             await self._refuse(sid, None, errors.NOT_A_TRACKER, "trackCode")
             return True
         if token is None:
@@ -269,13 +276,13 @@ class Events:
                 await self._error(sid, errors.INVALID_OR_EXPIRED_CODE)
                 return True
             if not updated[1]:
-                await attempt.refund()
+                attempt.honest()
                 await self._refuse(
                     sid, "trackers_per_session", errors.TOO_MANY_TRACKERS, "trackCode"
                 )
                 return True
             joined = token, updated[0]
-        await attempt.refund()
+        attempt.honest()
         await self._tracking_started(sid, *joined)
         return True
 
