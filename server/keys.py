@@ -11,8 +11,9 @@ def session(token: str) -> str:
 
 
 def attempts(address: str, window: int) -> str:
-    """Failed code attempts from one client address in one minute."""
-    return f"attempts:{address}:{window}"
+    """Code attempts from one client address in one minute (hash: failed, inflight). Not the
+    `attempts:` counter of earlier versions: instances of both may share Redis in a deploy."""
+    return f"code-attempts:{address}:{window}"
 
 
 def registrations(address: str, window: int) -> str:

@@ -61,7 +61,7 @@ async def test_instances_sharing_redis_share_the_count() -> None:
         await first.failed("a")
         await second.failed("a")
     assert await first.blocked("a") and await second.blocked("a")
-    assert 0 < await redis.ttl(f"attempts:a:{START // WINDOW_MS}") <= 120
+    assert 0 < await redis.ttl(f"code-attempts:a:{START // WINDOW_MS}") <= 120
     await redis.aclose()
 
 
@@ -171,7 +171,7 @@ async def test_an_honest_attempt_gives_its_place_back() -> None:
     await honest.settle()
     assert await limiter.failed("a") and await limiter.failed("a")
     assert not await limiter.failed("a")
-    stored = await redis.hgetall(f"attempts:a:{START // WINDOW_MS}")
+    stored = await redis.hgetall(f"code-attempts:a:{START // WINDOW_MS}")
     assert stored == {b"failed": b"2", b"inflight": b"0"}
     await redis.aclose()
 
