@@ -19,7 +19,7 @@ from .crashes import Bindings, Sweeper
 from .events import Events
 from .guard import GUARD, Guard
 from .instances import Instances
-from .limits import AttemptLimiter
+from .limits import AttemptLimiter, RateLimiter
 from .metrics import Metrics
 from .persistence import RedisPersistence, RedisStore, connect
 from .relay import Relay
@@ -82,6 +82,7 @@ class Shared(NamedTuple):
     instances: Instances
     store: MemoryStore
     limiter: AttemptLimiter
+    registrations: RateLimiter
     codes: Codes
     relay: Relay | None
     bindings: Bindings
@@ -90,12 +91,21 @@ class Shared(NamedTuple):
 def build_shared(settings: Settings, clock: Clock) -> Shared:
     """Sessions, codes, attempt counts, heartbeats and delivery: one Redis client for all."""
     limit = settings.code_attempts_per_minute
+    registrations = settings.code_registrations_per_minute
     grace_ms = settings.code_grace_ms
+    per_address = settings.pending_codes_per_address
     if settings.redis_url is None:
         instances = Instances(clock)
-        codes = Codes(clock, instances, grace_ms)
-        memory = MemoryStore(clock)
-        return Shared(instances, memory, AttemptLimiter(clock, limit), codes, None, Bindings())
+        codes = Codes(clock, instances, grace_ms, pending_per_address=per_address)
+        return Shared(
+            instances,
+            MemoryStore(clock),
+            AttemptLimiter(clock, limit),
+            RateLimiter(clock, registrations),
+            codes,
+            None,
+            Bindings(),
+        )
     redis = connect(
         settings.redis_url,
         timeout=settings.redis_timeout,
@@ -114,7 +124,8 @@ def build_shared(settings: Settings, clock: Clock) -> Shared:
         instances,
         store,
         AttemptLimiter(clock, limit, redis, available),
-        Codes(clock, instances, grace_ms, redis, available),
+        RateLimiter(clock, registrations, redis, available),
+        Codes(clock, instances, grace_ms, redis, available, pending_per_address=per_address),
         Relay(redis, instances),
         Bindings(redis),
     )
@@ -157,6 +168,9 @@ def create_app(settings: Settings, clock: Clock = wall_ms) -> web.Application:
         codes=shared.codes,
         bindings=shared.bindings,
         guard=guard,
+        registrations=shared.registrations,
+        pending_codes_per_socket=settings.pending_codes_per_socket,
+        trackers_per_session=settings.trackers_per_session,
     )
     events.attach()
     if isinstance(store, RedisPersistence):

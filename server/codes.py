@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
-from typing import Final
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
 
 import msgspec
 from msgspec.structs import replace
@@ -32,11 +32,29 @@ log = logging.getLogger(__name__)
 EXPIRED_ANSWER_MS: Final = 60_000
 PAIRED_MS: Final = 24 * 3600_000
 
-# KEYS: the code, and the session's code-of index (or the code again). ARGV: the entry as read
-# ("" none), the new entry ("" deletes), its lifetime (ms), the code (for the index).
+# KEYS: the code; the session's code-of index (or the code again); the pending-codes set of
+# the address the entry as read is counted under, and of the one the new entry is to be counted
+# under (each: or the code again, for none).
+# ARGV: the entry as read ("" none); the new entry ("" deletes); its lifetime (ms); the code;
+# how long the new entry counts as pending (ms); the most pending codes an address may hold.
+# Returns 1 done, 0 the entry changed meanwhile, -1 the address holds too many pending codes.
+# Each set is trimmed of what stopped counting before it is counted, by Redis's clock (TIME),
+# like the PX expiry of the codes themselves: expiry and release keep the count right.
 _SWAP: Final = """
 if (redis.call('GET', KEYS[1]) or '') ~= ARGV[1] then
   return 0
+end
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+if KEYS[4] ~= KEYS[1] then
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
+  if not redis.call('ZSCORE', KEYS[4], ARGV[4])
+     and redis.call('ZCARD', KEYS[4]) >= tonumber(ARGV[6]) then
+    return -1
+  end
+end
+if KEYS[3] ~= KEYS[1] then
+  redis.call('ZREM', KEYS[3], ARGV[4])
 end
 if ARGV[2] == '' then
   redis.call('DEL', KEYS[1])
@@ -44,6 +62,13 @@ else
   redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
   if KEYS[2] ~= KEYS[1] then
     redis.call('SET', KEYS[2], ARGV[4], 'PX', ARGV[3])
+  end
+end
+if KEYS[4] ~= KEYS[1] then
+  local counted = tonumber(ARGV[5])
+  redis.call('ZADD', KEYS[4], now + counted, ARGV[4])
+  if redis.call('PTTL', KEYS[4]) < counted then
+    redis.call('PEXPIRE', KEYS[4], counted)
   end
 end
 return 1
@@ -62,6 +87,21 @@ class Seen(msgspec.Struct, frozen=True):
     local: bool = False  # in this process's CodeBook
 
 
+class TooManyPending(Exception):
+    """The owner's address already holds PENDING_CODES_PER_ADDRESS unpaired codes."""
+
+
+def _left(entry: PendingCode, now: int) -> PendingCode:
+    return replace(entry, tracked_sid=None, left_at=now)
+
+
+def _counted_under(entry: PendingCode | None, now: int) -> str | None:
+    """The address an entry counts against: an unpaired code, until it expires."""
+    if entry is None or entry.paired or entry.address is None or now > entry.expires_at:
+        return None
+    return entry.address
+
+
 class Codes:
     def __init__(
         self,
@@ -70,6 +110,8 @@ class Codes:
         grace_ms: int,
         redis: aioredis.Redis | None = None,
         available: Callable[[], bool] = lambda: False,
+        *,
+        pending_per_address: int = 100,
     ) -> None:
         self._local = CodeBook()
         self._clock = clock
@@ -77,10 +119,12 @@ class Codes:
         self._grace_ms = grace_ms
         self._redis = redis
         self._available = available
+        self._pending_per_address = pending_per_address
         self._swap = redis.register_script(_SWAP) if redis is not None else None
-        # Codes in Redis owned by this instance's sockets, to release when they leave and to
-        # write back if Redis loses its data: per socket, each code's entry as last written.
-        self._owned: dict[str, dict[str, PendingCode]] = {}
+        # Codes in Redis owned by this instance's sockets, as this instance last wrote them:
+        # to release them when their socket leaves (one round trip), to find its pending ones,
+        # and to write back if Redis loses its data.
+        self._owned: dict[str, dict[str, Seen]] = {}
         self._marker: str | None = None  # Redis's data marker when this instance looked
         self._restoring: asyncio.Task[None] | None = None
         if redis is not None:
@@ -98,6 +142,9 @@ class Codes:
         except (RedisError, OSError) as exc:
             log.warning("Code lookup in Redis failed (%s): this instance's codes only", exc)
             return Seen(code, self._local.get(code), local=True)
+        return self._seen(code, raw)
+
+    def _seen(self, code: str, raw: bytes | str | None) -> Seen:
         if raw is None:
             return Seen(code, None)
         raw = raw if isinstance(raw, bytes) else raw.encode()
@@ -116,7 +163,8 @@ class Codes:
         return replace(entry, tracked_sid=None, left_at=self._instances.left_by(sid) or 0)
 
     async def put(self, entry: PendingCode, seen: Seen) -> Seen | None:
-        """Store `entry` if the code is still as `seen`; returns the new state, None if not."""
+        """Store `entry` if the code is still as `seen`; returns the new state, None if not.
+        Raises TooManyPending when it would be one unpaired code too many for its address."""
         return await self._swap_entry(seen, entry)
 
     async def delete(self, seen: Seen) -> bool:
@@ -124,30 +172,76 @@ class Codes:
 
     async def _swap_entry(self, seen: Seen, entry: PendingCode | None) -> Seen | None:
         if seen.local:
-            if self._local.get(seen.code) is not seen.entry:
-                return None
-            if entry is None:
-                self._local.delete(seen.code)
-            else:
-                self._local.put(entry)
-            return Seen(seen.code, entry, local=True)
-        assert self._swap is not None
-        raw = _encode(entry) if entry is not None else b""
-        index = keys.code(seen.code)
-        if entry is not None and entry.session_token is not None:
-            index = keys.code_of(entry.session_token)
+            return self._swap_local(seen, entry)
         try:
-            swapped = await self._swap(
-                keys=[keys.code(seen.code), index],
-                args=[seen.raw, raw, self._lifetime(entry), seen.code],
-            )
+            swapped = await self._swap_script(seen, entry)
         except (RedisError, OSError) as exc:
             log.warning("Code change in Redis failed (%s)", exc)
             return None
+        return self._swapped(seen, entry, swapped)
+
+    def _swap_local(self, seen: Seen, entry: PendingCode | None) -> Seen | None:
+        if self._local.get(seen.code) is not seen.entry:
+            return None
+        if entry is None:
+            self._local.delete(seen.code)
+            return Seen(seen.code, None, local=True)
+        now = self._clock()
+        address = _counted_under(entry, now)
+        if (
+            address is not None
+            and address != _counted_under(seen.entry, now)
+            and self._local.pending_from(address, now) >= self._pending_per_address
+        ):
+            raise TooManyPending(address)
+        self._local.put(entry)
+        return Seen(seen.code, entry, local=True)
+
+    def _swap_script(
+        self, seen: Seen, entry: PendingCode | None, client: Any = None
+    ) -> Awaitable[Any]:
+        """The swap of one code (on `client`: a pipeline, else the connection pool)."""
+        assert self._swap is not None
+        raw = _encode(entry) if entry is not None else b""
+        code_key = keys.code(seen.code)
+        index = code_key
+        if entry is not None and entry.session_token is not None:
+            index = keys.code_of(entry.session_token)
+        now = self._clock()
+        was_counted = _counted_under(seen.entry, now)
+        counted = _counted_under(entry, now)
+        pending_ms = 1
+        if entry is not None and counted is not None:
+            pending_ms = max(entry.expires_at - now, 1)
+        return self._swap(
+            keys=[
+                code_key,
+                index,
+                keys.pending_codes(was_counted) if was_counted else code_key,
+                keys.pending_codes(counted) if counted else code_key,
+            ],
+            args=[
+                seen.raw,
+                raw,
+                self._lifetime(entry),
+                seen.code,
+                pending_ms,
+                self._pending_per_address,
+            ],
+            client=client,
+        )
+
+    def _swapped(self, seen: Seen, entry: PendingCode | None, swapped: Any) -> Seen | None:
+        """What the swap script answered, made a result (and the owners kept up to date)."""
+        if swapped == -1:
+            assert entry is not None and entry.address is not None
+            raise TooManyPending(entry.address)
         if not swapped:
             return None
-        self._own(seen.entry, entry)
-        return Seen(seen.code, entry, raw)
+        raw = _encode(entry) if entry is not None else b""
+        now = Seen(seen.code, entry, raw)
+        self._own(seen.entry, now)
+        return now
 
     def _lifetime(self, entry: PendingCode | None) -> int:
         if entry is None:
@@ -159,16 +253,17 @@ class Codes:
             return max((entry.left_at or now) + self._grace_ms - now, 1000)
         return PAIRED_MS
 
-    def _own(self, before: PendingCode | None, after: PendingCode | None) -> None:
+    def _own(self, before: PendingCode | None, after: Seen) -> None:
         if before is not None and before.tracked_sid is not None:
             owned = self._owned.get(before.tracked_sid)
             if owned is not None:
-                owned.pop(before.code, None)
+                owned.pop(after.code, None)
                 if not owned:
                     del self._owned[before.tracked_sid]
-        if after is not None and after.tracked_sid is not None:
-            if self._instances.is_local(after.tracked_sid):
-                self._owned.setdefault(after.tracked_sid, {})[after.code] = after
+        entry = after.entry
+        if entry is not None and entry.tracked_sid is not None:
+            if self._instances.is_local(entry.tracked_sid):
+                self._owned.setdefault(entry.tracked_sid, {})[after.code] = after
 
     def beat_ok(self, marker: str) -> None:
         """A heartbeat went through; a new data marker means Redis lost this instance's codes."""
@@ -187,8 +282,10 @@ class Codes:
         written = taken = 0
         try:
             for entries in list(self._owned.values()):
-                for entry in list(entries.values()):
-                    if await self.put(entry, Seen(entry.code, None)) is not None:
+                for seen in list(entries.values()):
+                    if seen.entry is None:
+                        continue
+                    if await self.put(seen.entry, Seen(seen.code, None)) is not None:
                         written += 1
                     else:
                         taken += 1
@@ -221,20 +318,92 @@ class Codes:
 
     async def release(self, sid: str, now: int) -> list[PendingCode]:
         """The socket is gone: its codes keep their state but no longer have an owner. Returns
-        the codes it owned (a paired one names a session it was the tracked socket of)."""
+        the codes it owned (a paired one names a session it was the tracked socket of).
+
+        All of its codes in Redis change in one round trip; only those another instance
+        changed meanwhile (a tracker paired one there) are read again, all at once."""
         owned = self._local.owned_by(sid)
         self._local.release(sid, now)
-        for code in list(self._owned.get(sid, ())):
-            for _ in range(3):
-                seen = await self.get(code)
-                entry = seen.entry
-                if entry is None or entry.tracked_sid != sid:
-                    break
-                if await self.put(replace(entry, tracked_sid=None, left_at=now), seen):
-                    owned.append(entry)
-                    break
+        mine = [seen for seen in self._owned.pop(sid, {}).values() if seen.entry is not None]
+        for _ in range(3):
+            changes = [(seen, _left(seen.entry, now)) for seen in mine if seen.entry is not None]
+            done = await self._swap_all(changes)
+            again = []
+            for (seen, _), ok in zip(changes, done, strict=True):
+                if ok and seen.entry is not None:
+                    owned.append(seen.entry)
+                elif not ok:
+                    again.append(seen.code)
+            mine = [
+                seen
+                for seen in await self._get_all(again)
+                if seen.entry is not None and seen.entry.tracked_sid == sid
+            ]
         self._owned.pop(sid, None)
         return owned
+
+    async def _swap_all(self, changes: list[tuple[Seen, PendingCode]]) -> list[bool]:
+        """Swap every code in one round trip; whether each went through."""
+        if not changes:
+            return []
+        assert self._redis is not None
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for seen, entry in changes:
+                    await self._swap_script(seen, entry, client=pipe)
+                answers = await pipe.execute(raise_on_error=False)
+        except (RedisError, OSError) as exc:
+            log.warning("Releasing codes in Redis failed (%s)", exc)
+            return [False] * len(changes)
+        done = []
+        for (seen, entry), answer in zip(changes, answers, strict=True):
+            ok = (
+                not isinstance(answer, Exception) and self._swapped(seen, entry, answer) is not None
+            )
+            done.append(ok)
+        return done
+
+    async def _get_all(self, codes: list[str]) -> list[Seen]:
+        """The entries of `codes` in Redis, read in one round trip."""
+        if not codes or self._redis is None or not self._available():
+            return []
+        try:
+            raws = await self._redis.mget([keys.code(code) for code in codes])
+        except (RedisError, OSError):
+            return []
+        return [self._seen(code, raw) for code, raw in zip(codes, raws, strict=True)]
+
+    async def retire_pending(self, sid: str, keep: int) -> int:
+        """The socket's unpaired codes beyond its newest `keep` are deleted (the app shows only
+        its newest code); returns how many went."""
+        local = [e for e in self._local.owned_by(sid) if not e.paired]
+        retired = 0
+        for entry in sorted(local, key=lambda e: e.expires_at)[: max(len(local) - keep, 0)]:
+            self._local.delete(entry.code)
+            retired += 1
+        keep = max(keep - (len(local) - retired), 0)
+        maybe = [
+            s.code for s in self._owned.get(sid, {}).values() if s.entry and not s.entry.paired
+        ]
+        if len(maybe) <= keep:
+            return retired
+        fresh = await self._get_all(maybe)
+        owned = self._owned.get(sid, {})
+        for seen in fresh:  # what other instances did to them meanwhile (a tracker paired one)
+            if seen.entry is not None and seen.entry.tracked_sid == sid:
+                owned[seen.code] = seen
+            else:
+                owned.pop(seen.code, None)
+        pending = [
+            seen
+            for seen in fresh
+            if seen.code in owned and seen.entry is not None and not seen.entry.paired
+        ]
+        pending.sort(key=lambda seen: seen.entry.expires_at if seen.entry else 0)
+        for seen in pending[: max(len(pending) - keep, 0)]:
+            if await self.delete(seen):
+                retired += 1
+        return retired
 
     def sweep(self, now: int, grace_ms: int) -> int:
         """Forget this process's expired codes (Redis expires its own)."""

@@ -26,6 +26,7 @@ TOO_MANY_TRACKERS: Final = "Too many trackers for this session"
 TOO_MANY_EVENTS: Final = "Too many events at once: wait for the replies"
 TOO_MANY_CONNECTIONS: Final = "Too many connections from this address"
 NOT_THE_TRACKED_PERSON: Final = "Not allowed: this connection is a tracker of the session"
+NOT_A_TRACKER: Final = "Not allowed: this connection is the tracked person of the session"
 ATTACHMENTS_REFUSED: Final = "Binary attachments are not accepted"
 
 

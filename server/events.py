@@ -16,15 +16,15 @@ from msgspec.structs import replace
 
 from . import errors, payloads, rules
 from .clock import Clock
-from .codes import Codes, Seen
+from .codes import Codes, Seen, TooManyPending
 from .crashes import Bindings
 from .guard import SETTLE_SECONDS, Guard
 from .instances import Instances
-from .limits import AttemptLimiter, client_address
+from .limits import AttemptLimiter, RateLimiter, Ticket, client_address
 from .logs import token_ref
 from .metrics import Metrics
 from .models import PendingCode, Session
-from .pairing import Claim, Track, register, track
+from .pairing import Claim, Track, contested, register, track
 from .presence import Presence, Role, trackers_room
 from .store import MemoryStore, StoreUnavailable
 
@@ -59,6 +59,9 @@ class Events:
         codes: Codes | None = None,
         bindings: Bindings | None = None,
         guard: Guard | None = None,
+        registrations: RateLimiter | None = None,
+        pending_codes_per_socket: int = 2,
+        trackers_per_session: int = 20,
     ) -> None:
         self.sio = sio
         self.metrics = metrics if metrics is not None else Metrics()
@@ -71,6 +74,12 @@ class Events:
         self.bindings = bindings if bindings is not None else Bindings()
         self.code_grace_ms = code_grace_ms
         self.limiter = limiter if limiter is not None else AttemptLimiter(clock, limit=10)
+        # Every registerCode of an address, of any code: a sweep of the code space gets nowhere.
+        self.registrations = (
+            registrations if registrations is not None else RateLimiter(clock, limit=30)
+        )
+        self.pending_codes_per_socket = pending_codes_per_socket
+        self.trackers_per_session = trackers_per_session
         self.trust_proxy = trust_proxy
         self.addresses: dict[str, str] = {}
         # Told when a check-in clears a pending alert (the alerts' webhook says "all clear").
@@ -155,7 +164,25 @@ class Events:
     # --- pairing -----------------------------------------------------------------------------
 
     async def register_code(self, sid: str, args: tuple[Any, ...]) -> None:
-        await self._settle("registerCode", self._register, sid, payloads.code(args))
+        code = payloads.code(args)
+        address = self._address(sid)
+        if not await self.registrations.allow(address):
+            await self._refuse(
+                sid, "code_registrations_per_minute", errors.TOO_MANY_ATTEMPTS, "registerCode"
+            )
+            return
+        attempt = self.limiter.ticket(address)
+        try:
+            await self._settle(
+                "registerCode", functools.partial(self._register, attempt=attempt), sid, code
+            )
+        except TooManyPending:
+            attempt.honest()  # not a guess: this address registers too much
+            await self._refuse(
+                sid, "pending_codes_per_address", errors.TOO_MANY_CODES, "registerCode"
+            )
+        finally:
+            await attempt.settle()
 
     async def _settle(
         self, event: str, attempt: Callable[[str, str], Awaitable[bool]], sid: str, code: str
@@ -167,53 +194,71 @@ class Events:
         log.warning("%s from %s: the code kept changing under it", event, sid)
         await self._error(sid, errors.STORAGE_UNAVAILABLE)
 
-    async def _register(self, sid: str, code: str) -> bool:
+    async def _register(self, sid: str, code: str, *, attempt: Ticket) -> bool:
         """One try at registerCode; False if another event changed the code meanwhile."""
         now = self.clock()
         seen = await self.codes.get(code)
-        claim, entry = register(seen.entry, code, sid, now, self.code_grace_ms)
+        # Someone else's code, unless this socket proves to be its owner back: counted before
+        # anything is decided, so that concurrent tries cannot go past the limit.
+        if contested(seen.entry, sid, now, self.code_grace_ms) and not await attempt.spend():
+            await self._refuse(sid, None, errors.TOO_MANY_ATTEMPTS, "registerCode")
+            return True
+        claim, entry = register(seen.entry, code, sid, attempt.address, now, self.code_grace_ms)
         if claim is Claim.IN_USE:
             log.info(
                 "registerCode from %s refused: code held by another socket",
                 sid,
-                extra=self._client(sid),
+                extra={"client": attempt.address},
             )
-            await self._failed_attempt(sid, errors.CODE_IN_USE)
+            await self._error(sid, errors.CODE_IN_USE)
             return True
-        existing = seen.entry
-        reclaim = claim is Claim.RESUMED and existing is not None and existing.tracked_sid != sid
-        if reclaim and await self.limiter.blocked(self._address(sid)):
-            # Reclaiming hands out a session token: not to an address that has been guessing.
-            await self._error(sid, errors.TOO_MANY_ATTEMPTS)
+        token = entry.session_token
+        if token is not None and self.presence.holds(sid, token, Role.TRACKER):
+            attempt.honest()
+            await self._refuse(sid, None, errors.NOT_THE_TRACKED_PERSON, "registerCode")
             return True
         stored = await self.codes.put(entry, seen)
         if stored is None:
             return False
         reply: dict[str, Any] = {"code": code, "expiresAt": entry.expires_at}
         if claim is Claim.RESUMED:
-            assert entry.session_token is not None
-            token = entry.session_token
+            assert token is not None
             updated = await self.store.update(token, _with(rules.with_tracked, sid))
             if updated is None:
                 # The session expired under the code: the code starts over, unpaired.
-                entry = PendingCode(code=code, tracked_sid=sid, expires_at=entry.expires_at)
+                entry = PendingCode(
+                    code=code, tracked_sid=sid, expires_at=entry.expires_at, address=entry.address
+                )
                 if await self.codes.put(entry, stored) is None:
                     return False
             else:
                 self.presence.bind(sid, token, Role.TRACKED)
                 await self.bindings.bound(sid, token, Role.TRACKED)
                 reply["sessionToken"] = token
+        attempt.honest()
+        if not entry.paired:
+            # The app shows only its newest code: an older pending one of this socket goes.
+            retired = await self.codes.retire_pending(sid, self.pending_codes_per_socket)
+            for _ in range(retired):
+                self.metrics.refused("pending_codes_per_socket")
         await self.sio.emit("codeRegistered", reply, to=sid)
         return True
 
     async def track_code(self, sid: str, args: tuple[Any, ...]) -> None:
-        code = payloads.code(args)
-        if await self.limiter.blocked(self._address(sid)):
-            await self._error(sid, errors.TOO_MANY_ATTEMPTS)
+        code = payloads.any_code(args)
+        attempt = self.limiter.ticket(self._address(sid))
+        # A place taken before the code is looked at; a failure unless it pairs.
+        if not await attempt.spend():
+            await self._refuse(sid, None, errors.TOO_MANY_ATTEMPTS, "trackCode")
             return
-        await self._settle("trackCode", self._track, sid, code)
+        try:
+            await self._settle(
+                "trackCode", functools.partial(self._track, attempt=attempt), sid, code
+            )
+        finally:
+            await attempt.settle()
 
-    async def _track(self, sid: str, code: str) -> bool:
+    async def _track(self, sid: str, code: str, *, attempt: Ticket) -> bool:
         """One try at trackCode; False if another event changed the code meanwhile."""
         seen = await self.codes.get(code)
         entry = seen.entry
@@ -223,20 +268,36 @@ class Events:
             await self._error(sid, errors.CODE_EXPIRED)
             return True
         if entry is None or verdict is Track.UNKNOWN:
-            await self._failed_attempt(sid, errors.INVALID_OR_EXPIRED_CODE)
+            await self._error(sid, errors.INVALID_OR_EXPIRED_CODE)
             return True
-        if entry.session_token is None:
+        token = entry.session_token
+        if entry.tracked_sid == sid or (
+            token is not None and self.presence.holds(sid, token, Role.TRACKED)
+        ):
+            attempt.honest()
+            await self._refuse(sid, None, errors.NOT_A_TRACKER, "trackCode")
+            return True
+        if token is None:
             joined = await self._pair(entry, seen, sid)
             if joined is None:
                 return False  # another tracker paired it first: join that session
         else:
-            token = entry.session_token
-            updated = await self.store.update(token, _with(rules.with_tracker, sid))
+            limit = self.trackers_per_session
+            updated = await self.store.update(
+                token, lambda session: rules.join_as_tracker(session, sid, limit)
+            )
             if updated is None:
                 await self.codes.delete(seen)
                 await self._error(sid, errors.INVALID_OR_EXPIRED_CODE)
                 return True
+            if not updated[1]:
+                attempt.honest()
+                await self._refuse(
+                    sid, "trackers_per_session", errors.TOO_MANY_TRACKERS, "trackCode"
+                )
+                return True
             joined = token, updated[0]
+        attempt.honest()
         await self._tracking_started(sid, *joined)
         return True
 
@@ -286,13 +347,14 @@ class Events:
         """`extra=` for a log line about this client (at most a few a minute are written)."""
         return {"client": self._address(sid)}
 
-    async def _failed_attempt(self, sid: str, message: str) -> None:
-        """A wrong code: counted against the address; past the limit the answer changes."""
+    async def _refuse(self, sid: str, quota: str | None, message: str, event: str) -> None:
+        """A refusal by a limit or a role: counted (a quota's by its name), logged, answered."""
         address = self._address(sid)
-        if await self.limiter.failed(address) > self.limiter.limit:
-            log.warning("Code attempts from %s over the limit", address, extra={"client": address})
-            await self._error(sid, errors.TOO_MANY_ATTEMPTS)
-            return
+        if quota is not None:
+            self.metrics.refused(quota)
+        log.warning(
+            "%s from %s refused: %s", event, sid, quota or message, extra={"client": address}
+        )
         await self._error(sid, message)
 
     # --- sessions ----------------------------------------------------------------------------
@@ -301,6 +363,9 @@ class Events:
         request = payloads.reconnect(args)
         token = request.session_token
         if request.role == Role.TRACKED.value:
+            if self.presence.holds(sid, token, Role.TRACKER):
+                await self._refuse(sid, None, errors.NOT_THE_TRACKED_PERSON, "reconnectSession")
+                return
             updated = await self.store.update(token, _with(rules.with_tracked, sid))
             if updated is None:
                 await self._error(sid, errors.INVALID_SESSION)
@@ -309,8 +374,12 @@ class Events:
             await self.bindings.bound(sid, token, Role.TRACKED)
             seen = await self.codes.for_token(token)
             if seen is not None and seen.entry is not None:
-                # The app's code is its own again (a lost race only means it re-registers).
-                await self.codes.put(replace(seen.entry, tracked_sid=sid, left_at=None), seen)
+                # The app's code is its own again (a lost race only means it re-registers),
+                # from where it is now: the token proved it is the app.
+                mine = replace(
+                    seen.entry, tracked_sid=sid, left_at=None, address=self._address(sid)
+                )
+                await self.codes.put(mine, seen)
             await self.sio.emit(
                 "sessionReconnected", {"sessionToken": token, "role": "tracked"}, to=sid
             )
@@ -321,11 +390,21 @@ class Events:
             else:
                 await self._error(sid, errors.INVALID_ROLE)
             return
-        updated_tracker = await self.store.update(token, _rejoin_tracker(sid))
+        if self.presence.holds(sid, token, Role.TRACKED):
+            await self._refuse(sid, None, errors.NOT_A_TRACKER, "reconnectSession")
+            return
+        updated_tracker = await self.store.update(
+            token, _rejoin_tracker(sid, self.trackers_per_session)
+        )
         if updated_tracker is None:
             await self._error(sid, errors.INVALID_SESSION)
             return
-        session, pending = updated_tracker
+        session, (joined, pending) = updated_tracker
+        if not joined:
+            await self._refuse(
+                sid, "trackers_per_session", errors.TOO_MANY_TRACKERS, "reconnectSession"
+            )
+            return
         self.presence.bind(sid, token, Role.TRACKER)
         await self.bindings.bound(sid, token, Role.TRACKER)
         await self.sio.enter_room(sid, trackers_room(token))
@@ -345,6 +424,9 @@ class Events:
 
     async def check_in(self, sid: str, args: tuple[Any, ...]) -> None:
         token = payloads.token(args)
+        if self.presence.holds(sid, token, Role.TRACKER):
+            await self._refuse(sid, None, errors.NOT_THE_TRACKED_PERSON, "checkIn")
+            return
         now = self.clock()
         updated = await self.store.update(token, lambda s: rules.check_in_clearing(s, now))
         if updated is None:
@@ -362,6 +444,9 @@ class Events:
 
     async def set_timers(self, sid: str, args: tuple[Any, ...]) -> None:
         request = payloads.set_timers(args)
+        if self.presence.holds(sid, request.session_token, Role.TRACKER):
+            await self._refuse(sid, None, errors.NOT_THE_TRACKED_PERSON, "setTimers")
+            return
         change = _with(
             rules.set_timers,
             request.reminder_time_minutes,
@@ -516,10 +601,16 @@ def _was(
     return change
 
 
-def _rejoin_tracker(sid: str) -> Callable[[Session], tuple[Session, int | float | None]]:
-    """reconnectSession as tracker: join, and take the pending alert (Node cleared it too)."""
+def _rejoin_tracker(
+    sid: str, limit: int
+) -> Callable[[Session], tuple[Session, tuple[bool, int | float | None]]]:
+    """reconnectSession as tracker: join (unless the session is full), and take the pending
+    alert (Node cleared it too)."""
 
-    def change(session: Session) -> tuple[Session, int | float | None]:
-        return rules.clear_pending(rules.with_tracker(session, sid)), session.pending_alert
+    def change(session: Session) -> tuple[Session, tuple[bool, int | float | None]]:
+        joined, admitted = rules.join_as_tracker(session, sid, limit)
+        if not admitted:
+            return session, (False, None)
+        return rules.clear_pending(joined), (True, session.pending_alert)
 
     return change

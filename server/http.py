@@ -33,15 +33,21 @@ async def status(request: web.Request) -> web.Response:
     events = request.app[EVENTS]
     token = request.match_info["token"]
     address = client_address(request.remote, request.headers, events.trust_proxy)
-    # Guessing tokens here is limited like guessing codes over Socket.IO.
-    if await events.limiter.blocked(address):
+    # Guessing tokens here is limited like guessing codes over Socket.IO: a place taken before
+    # the token is looked up, a failure unless it is right.
+    attempt = events.limiter.ticket(address)
+    if not await attempt.spend():
         return web.json_response({"error": errors.TOO_MANY_ATTEMPTS}, status=429)
     try:
         found = await events.status(token) if TOKEN.fullmatch(token) else None
+        if found is not None:
+            attempt.honest()
     except StoreUnavailable:
+        attempt.honest()  # not a guess
         return web.json_response({"error": errors.STORAGE_UNAVAILABLE}, status=503)
+    finally:
+        await attempt.settle()
     if found is None:
-        await events.limiter.failed(address)
         return web.json_response({"error": errors.INVALID_SESSION}, status=404)
     session, expired = found
     return web.json_response(

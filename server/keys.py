@@ -11,8 +11,20 @@ def session(token: str) -> str:
 
 
 def attempts(address: str, window: int) -> str:
-    """Failed code attempts from one client address in one minute."""
-    return f"attempts:{address}:{window}"
+    """Code attempts from one client address in one minute (hash: failed, inflight). Not the
+    `attempts:` counter of earlier versions: instances of both may share Redis in a deploy."""
+    return f"code-attempts:{address}:{window}"
+
+
+def registrations(address: str, window: int) -> str:
+    """registerCode events from one client address in one minute."""
+    return f"registrations:{address}:{window}"
+
+
+def pending_codes(address: str) -> str:
+    """Sorted set: the unpaired codes registered from one client address, scored by when each
+    stops counting (ms, Redis's clock); trimmed by the script that changes codes."""
+    return f"pending-codes:{address}"
 
 
 DEADLINES: Final = "deadlines"  # sorted set: `<kind>:<token>` scored by due time (ms)

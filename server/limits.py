@@ -1,11 +1,19 @@
-"""Failed code attempts per client address, counted across instances in Redis.
+"""Limits per client address, counted across instances in Redis: failed code attempts, and
+code registrations.
 
 A fixed one-minute window per address: simple, and at most twice the limit in any 60 s. With
 Redis away (or not configured) the count is kept in this process, so the limit still holds here.
+
+A code attempt takes its place before it is evaluated (atomically, in Redis), so handler calls
+running at once on any instance cannot evaluate more than the limit: failures plus attempts
+still being evaluated never exceed it. An attempt that turns out honest gives its place back;
+one that finds every place held by attempts still in flight (honest pairings at once from one
+NAT address) waits a moment for them, one that finds them held by failures is refused at once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 from collections.abc import Callable, Mapping
@@ -20,6 +28,32 @@ from .clock import Clock
 log = logging.getLogger(__name__)
 
 WINDOW_MS: Final = 60_000
+KEY_SECONDS: Final = 2 * WINDOW_MS // 1000  # a window's count outlives it: never a stray key
+
+# How long an attempt waits, in turns, for places held by attempts in flight: about 1.25 s.
+BUSY_WAITS: Final = (0.05, 0.1, 0.2, 0.4, 0.5)
+
+# KEYS: the address's attempts in one window (hash: failed, inflight).
+# ARGV: the limit, the key's lifetime (s).
+# Returns {1 taken | 0 busy (failures and attempts in flight fill the limit) | -1 used up
+# (failures alone fill it), the failures counted}.
+_TAKE: Final = """
+local failed = tonumber(redis.call('HGET', KEYS[1], 'failed') or '0')
+local inflight = tonumber(redis.call('HGET', KEYS[1], 'inflight') or '0')
+if failed >= tonumber(ARGV[1]) then
+  return {-1, failed}
+end
+if failed + inflight >= tonumber(ARGV[1]) then
+  return {0, failed}
+end
+redis.call('HINCRBY', KEYS[1], 'inflight', 1)
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return {1, failed}
+"""
+
+TAKEN: Final = 1
+BUSY: Final = 0
+USED_UP: Final = -1
 
 
 def client_address(remote: str | None, headers: Mapping[str, str], trust_proxy: bool) -> str:
@@ -43,7 +77,49 @@ def client_address(remote: str | None, headers: Mapping[str, str], trust_proxy: 
     return str(ip)
 
 
+class Ticket:
+    """One event's code attempt: takes a place before the code is looked at, and settles once:
+    a failure unless the event said it was honest."""
+
+    def __init__(self, limiter: AttemptLimiter, address: str) -> None:
+        self._limiter = limiter
+        self.address = address
+        self._taken: tuple[int, bool] | None = None  # window, counted in Redis
+        self._refused = False
+        self._honest = False
+
+    async def spend(self) -> bool:
+        """Take a place (the first call only); False when the address has none left."""
+        if self._taken is not None or self._refused:
+            return not self._refused
+        window = self._limiter.window()
+        for wait in (*BUSY_WAITS, None):
+            state, shared = await self._limiter.take(self.address, window)
+            if state == TAKEN:
+                self._taken = window, shared
+                return True
+            if state == USED_UP or wait is None:
+                break
+            await asyncio.sleep(wait)  # the places are held by attempts still in flight
+        self._refused = True
+        return False
+
+    def honest(self) -> None:
+        """The attempt was right (a live code, a known token): it will not count."""
+        self._honest = True
+
+    async def settle(self) -> None:
+        """Give the place back, counting a failure unless it was honest (once)."""
+        if self._taken is None:
+            return
+        window, shared = self._taken
+        self._taken = None
+        await self._limiter.settle(self.address, window, not self._honest, shared)
+
+
 class AttemptLimiter:
+    """Failed code attempts (and unknown tokens on the status route) per address."""
+
     def __init__(
         self,
         clock: Clock,
@@ -55,45 +131,136 @@ class AttemptLimiter:
         self.limit = limit
         self._redis = redis
         self._redis_available = redis_available
-        self._local: dict[tuple[str, int], int] = {}
+        self._take = redis.register_script(_TAKE) if redis is not None else None
+        # In this process: [failed, in flight] per (address, window), counted while Redis is away.
+        self._local: dict[tuple[str, int], list[int]] = {}
+        # The failures Redis last reported per (address, window): when Redis fails in the middle
+        # of a burst, the count in this process goes on from there, not from zero.
+        self._shared: dict[tuple[str, int], int] = {}
+        self._swept = 0  # the window in which earlier windows were forgotten
 
-    def _window(self) -> int:
+    def window(self) -> int:
         return self._clock() // WINDOW_MS
 
-    async def blocked(self, address: str) -> bool:
-        """True once the address has used up its failed attempts in this window."""
-        return await self._count(address) >= self.limit
+    def ticket(self, address: str) -> Ticket:
+        return Ticket(self, address)
 
-    async def failed(self, address: str) -> int:
-        """Count one failed attempt; returns the address's count in this window, this one
-        included (above the limit: refuse it)."""
-        window = self._window()
-        local = self._local.get((address, window), 0)
+    async def failed(self, address: str) -> bool:
+        """Count one failed attempt at once; False if the address had no place left for it."""
+        ticket = self.ticket(address)
+        if not await ticket.spend():
+            return False
+        await ticket.settle()
+        return True
+
+    async def blocked(self, address: str) -> bool:
+        """True once the address's failures fill the limit in this window."""
+        window = self.window()
+        failed = self._local.get((address, window), [0, 0])[0]
         if self._redis is not None and self._redis_available():
+            try:
+                stored = await self._redis.hget(keys.attempts(address, window), "failed")
+                return failed + int(stored or 0) >= self.limit
+            except (RedisError, OSError):
+                pass
+        return failed + self._shared.get((address, window), 0) >= self.limit
+
+    async def take(self, address: str, window: int) -> tuple[int, bool]:
+        """Take a place for an attempt in `window`: TAKEN, BUSY or USED_UP, and whether it was
+        taken in Redis (True) or in this process."""
+        self._sweep(window)
+        local = self._local.setdefault((address, window), [0, 0])
+        if self._take is not None and self._redis_available():
+            try:
+                state, failed = await self._take(
+                    keys=[keys.attempts(address, window)],
+                    # Less what this process counted while Redis was away.
+                    args=[max(self.limit - local[0] - local[1], 0), KEY_SECONDS],
+                )
+                self._shared[(address, window)] = int(failed)
+                return int(state), True
+            except (RedisError, OSError) as exc:
+                log.warning("Counting attempts in memory, Redis failed: %s", exc.__class__.__name__)
+        failed = local[0] + self._shared.get((address, window), 0)
+        if failed >= self.limit:
+            return USED_UP, False
+        if failed + local[1] >= self.limit:
+            return BUSY, False
+        local[1] += 1
+        return TAKEN, False
+
+    async def settle(self, address: str, window: int, failed: bool, shared: bool) -> None:
+        """An attempt in `window` is over: its place goes back, and a failure is counted."""
+        if shared:
+            assert self._redis is not None
             key = keys.attempts(address, window)
             try:
                 async with self._redis.pipeline(transaction=True) as pipe:
-                    pipe.incr(key)
-                    pipe.expire(key, 2 * WINDOW_MS // 1000)
-                    stored, _ = await pipe.execute()
-                return local + int(stored)
+                    pipe.hincrby(key, "inflight", -1)
+                    if failed:
+                        pipe.hincrby(key, "failed", 1)
+                    pipe.expire(key, KEY_SECONDS)
+                    await pipe.execute()
+                return
             except (RedisError, OSError) as exc:
-                log.warning("Counting attempts in memory, Redis failed: %s", exc.__class__.__name__)
-        self._sweep(window)
-        self._local[(address, window)] = local + 1
-        return local + 1
-
-    async def _count(self, address: str) -> int:
-        window = self._window()
-        local = self._local.get((address, window), 0)
-        if self._redis is None or not self._redis_available():
-            return local
-        try:
-            stored = await self._redis.get(keys.attempts(address, window))
-        except (RedisError, OSError):
-            return local
-        return local + int(stored or 0)
+                # Its place stays taken until the window ends; a failure is counted here.
+                log.warning("Settling an attempt in Redis failed: %s", exc.__class__.__name__)
+        local = self._local.setdefault((address, window), [0, 0])
+        if not shared:
+            local[1] = max(local[1] - 1, 0)
+        if failed:
+            local[0] += 1
 
     def _sweep(self, window: int) -> None:
-        for key in [key for key in self._local if key[1] < window]:
-            del self._local[key]
+        """Forget the counts of past windows, once per window."""
+        if window <= self._swept:
+            return
+        self._swept = window
+        for counts in (self._local, self._shared):
+            for key in [key for key in counts if key[1] < window]:
+                del counts[key]
+
+
+class RateLimiter:
+    """Events of one kind per address and minute, each counted before it is handled (INCR and
+    EXPIRE in one transaction), never given back: code registrations."""
+
+    def __init__(
+        self,
+        clock: Clock,
+        limit: int,
+        redis: aioredis.Redis | None = None,
+        redis_available: Callable[[], bool] = lambda: False,
+        key: Callable[[str, int], str] = keys.registrations,
+    ) -> None:
+        self._clock = clock
+        self.limit = limit
+        self._redis = redis
+        self._redis_available = redis_available
+        self._key = key
+        self._local: dict[tuple[str, int], int] = {}
+        self._shared: dict[tuple[str, int], int] = {}  # Redis's last count, as above
+        self._swept = 0
+
+    async def allow(self, address: str) -> bool:
+        """Count one event; False when it is over the limit."""
+        window = self._clock() // WINDOW_MS
+        if window > self._swept:
+            self._swept = window
+            for counts in (self._local, self._shared):
+                for past in [past for past in counts if past[1] < window]:
+                    del counts[past]
+        local = self._local.get((address, window), 0)
+        if self._redis is not None and self._redis_available():
+            key = self._key(address, window)
+            try:
+                async with self._redis.pipeline(transaction=True) as pipe:
+                    pipe.incr(key)
+                    pipe.expire(key, KEY_SECONDS)
+                    stored, _ = await pipe.execute()
+                self._shared[(address, window)] = int(stored)
+                return local + int(stored) <= self.limit
+            except (RedisError, OSError) as exc:
+                log.warning("Counting events in memory, Redis failed: %s", exc.__class__.__name__)
+        self._local[(address, window)] = local + 1
+        return local + 1 + self._shared.get((address, window), 0) <= self.limit

@@ -73,6 +73,9 @@ class PendingCode(msgspec.Struct, frozen=True, kw_only=True):
     expires_at: int
     session_token: str | None = None
     left_at: int | None = None  # when the tracked socket went away
+    # The client address of the owner (limits.client_address): after the owner left, only a
+    # socket from there may take the code back (SECURITY.md). None: written before it was kept.
+    address: str | None = None
 
     @property
     def paired(self) -> bool:

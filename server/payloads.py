@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import msgspec
 
@@ -29,6 +29,16 @@ def _first(args: tuple[Any, ...]) -> Any:
 
 def code(args: tuple[Any, ...]) -> str:
     return _convert(_first(args), Code, errors.INVALID_CODE)
+
+
+# Six digits, a leading zero too: trackCode answers any of them as the Node server did
+# ("Invalid or expired code" when no such code is live), only other input as invalid.
+SixDigits = Annotated[str, msgspec.Meta(pattern=r"^[0-9]{6}\Z")]
+
+
+def any_code(args: tuple[Any, ...]) -> str:
+    """trackCode: what a person may have typed (the codes themselves start at 100000)."""
+    return _convert(_first(args), SixDigits, errors.INVALID_CODE)
 
 
 def token(args: tuple[Any, ...]) -> str:

@@ -25,5 +25,9 @@ class Presence:
     def bind(self, sid: str, token: str, role: Role) -> None:
         self._bindings.setdefault(sid, set()).add((token, role))
 
+    def holds(self, sid: str, token: str, role: Role) -> bool:
+        """Whether the socket is bound to the session in that role."""
+        return (token, role) in self._bindings.get(sid, ())
+
     def pop(self, sid: str) -> set[tuple[str, Role]]:
         return self._bindings.pop(sid, set())

@@ -94,6 +94,16 @@ def with_tracker(session: Session, sid: str) -> Session:
     return replace(session, tracker_socket_ids=(*session.tracker_socket_ids, sid))
 
 
+def join_as_tracker(session: Session, sid: str, limit: int) -> tuple[Session, bool]:
+    """A tracker joins, unless `limit` trackers are there already; False: refused. One that is
+    in the list already re-joins whatever the count (its app reconnected)."""
+    if sid in session.tracker_socket_ids:
+        return session, True
+    if len(session.tracker_socket_ids) >= limit:
+        return session, False
+    return with_tracker(session, sid), True
+
+
 def without_tracked(session: Session, sid: str) -> Session:
     if session.tracked_socket_id != sid:
         return session

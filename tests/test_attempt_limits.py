@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import fakeredis
 import pytest
 
-from server.limits import WINDOW_MS, AttemptLimiter, client_address
+from server.limits import BUSY_WAITS, WINDOW_MS, AttemptLimiter, client_address
 from tests.support.flows import expect_error, new_code, pair, register
 from tests.support.nodeclient import NodeDriver
 from tests.support.processes import ServerProcess
@@ -59,7 +61,7 @@ async def test_instances_sharing_redis_share_the_count() -> None:
         await first.failed("a")
         await second.failed("a")
     assert await first.blocked("a") and await second.blocked("a")
-    assert 0 < await redis.ttl(f"attempts:a:{START // WINDOW_MS}") <= 120
+    assert 0 < await redis.ttl(f"code-attempts:a:{START // WINDOW_MS}") <= 120
     await redis.aclose()
 
 
@@ -143,3 +145,62 @@ async def test_the_status_route_limits_token_guessing(start_server: object) -> N
                 statuses.append((response.status, await response.json()))
     assert statuses[:10] == [(404, {"error": "Invalid session token"})] * 10
     assert statuses[10] == (429, {"error": TOO_MANY})
+
+
+async def test_a_redis_failure_in_a_burst_does_not_start_the_count_over() -> None:
+    redis = fakeredis.FakeAsyncRedis()
+    clock = FakeClock()
+    available = True
+    limiter = AttemptLimiter(clock, 10, redis, lambda: available)
+    for _ in range(9):
+        await limiter.failed("a")
+    assert await limiter.ticket("a").spend()  # Redis says 9 failures so far
+    available = False  # Redis is away (or its pool exhausted) from here on
+    assert await limiter.failed("a")
+    assert not await limiter.failed("a")
+    await redis.aclose()
+
+
+async def test_an_honest_attempt_gives_its_place_back() -> None:
+    redis = fakeredis.FakeAsyncRedis()
+    limiter = AttemptLimiter(FakeClock(), 2, redis, lambda: True)
+    honest = limiter.ticket("a")
+    assert await honest.spend()
+    honest.honest()
+    await honest.settle()
+    await honest.settle()
+    assert await limiter.failed("a") and await limiter.failed("a")
+    assert not await limiter.failed("a")
+    stored = await redis.hgetall(f"code-attempts:a:{START // WINDOW_MS}")
+    assert stored == {b"failed": b"2", b"inflight": b"0"}
+    await redis.aclose()
+
+
+async def test_attempts_in_flight_hold_places_that_failures_then_keep() -> None:
+    for redis in (fakeredis.FakeAsyncRedis(), None):
+        limiter = AttemptLimiter(FakeClock(), 2, redis, lambda redis=redis: redis is not None)
+        first, second, third = (limiter.ticket("a") for _ in range(3))
+        assert await first.spend() and await second.spend()
+        waited = asyncio.get_running_loop().time()
+        assert not await third.spend()  # busy the whole time, then refused
+        assert asyncio.get_running_loop().time() - waited >= sum(BUSY_WAITS)
+        await first.settle()  # a failure: its place stays taken
+        assert not await limiter.ticket("a").spend()
+        second.honest()
+        await second.settle()
+        assert await limiter.ticket("a").spend()
+
+
+async def test_a_place_freed_while_waiting_is_taken() -> None:
+    limiter = AttemptLimiter(FakeClock(), 1)
+    honest = limiter.ticket("a")
+    assert await honest.spend()
+
+    async def pairs_then_settles() -> None:
+        await asyncio.sleep(0.08)
+        honest.honest()
+        await honest.settle()
+
+    settling = asyncio.create_task(pairs_then_settles())
+    assert await limiter.ticket("a").spend()
+    await settling

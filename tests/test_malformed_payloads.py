@@ -133,7 +133,13 @@ def register_code_rows(token: str) -> list[Row]:
 
 
 def track_code_rows(token: str) -> list[Row]:
-    return [*code_rows(new_code()), ("unknown code", [new_code()], INVALID_OR_EXPIRED_CODE)]
+    # Six digits are what a person typed: no such live code gets the Node server's words.
+    six_digits = [
+        ("unknown code", [new_code()], INVALID_OR_EXPIRED_CODE),
+        ("leading zero", ["012345"], INVALID_OR_EXPIRED_CODE),
+        ("all zeros", ["000000"], INVALID_OR_EXPIRED_CODE),
+    ]
+    return [row for row in code_rows(new_code()) if row[0] != "leading zero"] + six_digits
 
 
 def reconnect_rows(token: str) -> list[Row]:

@@ -157,3 +157,11 @@ def test_a_missed_check_in_seen_by_get_status_is_not_fired_again_once_cleared() 
     assert expired
     cleared = rules.clear_pending(seen)
     assert rules.deadlines(cleared, NOW) == {}
+
+
+def test_a_full_session_refuses_a_new_tracker_but_not_one_rejoining() -> None:
+    full = Session(tracker_socket_ids=("a", "b"))
+    assert rules.join_as_tracker(full, "c", 2) == (full, False)
+    assert rules.join_as_tracker(full, "a", 2) == (full, True)
+    joined, admitted = rules.join_as_tracker(full, "c", 3)
+    assert admitted and joined.tracker_socket_ids == ("a", "b", "c")
