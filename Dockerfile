@@ -3,10 +3,16 @@
 # page and the socket.io-client browser build committed in server/static/).
 FROM python:3.11-slim AS build
 WORKDIR /src
+# Exactly the versions the tests ran with: every file checked against requirements.lock's hashes,
+# nothing resolved anew (--no-deps). The server is then built by the locked setuptools (no build
+# isolation, which would fetch an unpinned one), which leaves the image afterwards.
+COPY requirements.lock ./
+RUN python -m venv /venv \
+    && /venv/bin/pip install --no-cache-dir --require-hashes --no-deps -r requirements.lock
 COPY pyproject.toml README.md ./
 COPY server ./server
-RUN python -m venv /venv && /venv/bin/pip install --no-cache-dir --upgrade pip \
-    && /venv/bin/pip install --no-cache-dir . \
+RUN /venv/bin/pip install --no-cache-dir --no-deps --no-build-isolation . \
+    && /venv/bin/pip uninstall --yes --quiet setuptools \
     && /venv/bin/python -c "import importlib.resources as r; \
 assert r.files('server').joinpath('static/socket.io.min.js').is_file(), 'static files missing'"
 

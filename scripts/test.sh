@@ -1,15 +1,13 @@
 #!/usr/bin/env bash
-# Sets up everything the tests need on a fresh machine (Python 3.11+, Node.js 20+), then runs
-# the linters and the whole test suite. Extra arguments go to pytest.
+# Sets up everything the tests need on a fresh machine (Python 3.11-3.13, Node.js 20+), then runs
+# the linters and the whole test suite. Extra arguments go to pytest. The locked versions
+# (requirements-dev.lock) go into .venv once (scripts/_venv.sh); PYTHON=python3.12 VENV=.venv-3.12
+# tests another interpreter in a virtualenv of its own.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-python=${PYTHON:-python3}
-if [ ! -x .venv/bin/python ]; then
-    "$python" -m venv .venv
-fi
-.venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e '.[test,dev]'
+source scripts/_venv.sh
+use_venv requirements-dev.lock
 
 # The tests start their own redis-server on free ports; they only need the binary.
 if ! command -v redis-server >/dev/null; then
@@ -41,7 +39,7 @@ fi
 # test uses playwright-core, both from the lockfile.
 (cd tests/node && npm ci --no-audit --no-fund --loglevel=error)
 
-.venv/bin/ruff check server tests scripts
-.venv/bin/ruff format --check server tests scripts
-.venv/bin/mypy server
-exec .venv/bin/pytest "$@"
+"$VENV/bin/ruff" check server tests scripts
+"$VENV/bin/ruff" format --check server tests scripts
+"$VENV/bin/mypy" server
+exec "$VENV/bin/pytest" "$@"

@@ -29,11 +29,33 @@ from tests.support.processes import RedisServer, ServerProcess
 # ------------------------------------------------------------------------- markers
 
 
+# Left out of the fast run (`-m "not slow"`, which CI runs on Python 3.12 and 3.13): a browser,
+# HAProxy, or several server processes that crash, drain or restart. About half the suite's time.
+SLOW_MODULES = frozenset(
+    {
+        "test_demo_browser",
+        "test_haproxy",
+        "test_instances",
+        "test_instances_crashing",
+        "test_instances_starting",
+        "test_crashes",
+        "test_relay",
+        "test_kill9",
+        "test_drain",
+        "test_redis_restart_empty",
+        "test_redis_outage",
+        "test_loadtest_smoke",
+    }
+)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    # Whatever drives the Node client is a node test, marked or not.
     for item in items:
+        # Whatever drives the Node client is a node test, marked or not.
         if "node" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.node)
+        if item.path.stem in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -166,7 +188,7 @@ async def server(start_server: StartServer) -> ServerProcess:
 def node_modules() -> Path:
     """Makes sure tests/node/node_modules exists (runs `npm ci` once if it does not)."""
     if shutil.which("node") is None:
-        pytest.fail("node is not on PATH: the compatibility tests need Node.js 18+", False)
+        pytest.fail("node is not on PATH: the compatibility tests need Node.js 20+", False)
     if not (NODE_DIR / "node_modules" / "socket.io-client").is_dir():
         npm = shutil.which("npm")
         if npm is None:

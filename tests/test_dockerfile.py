@@ -5,12 +5,15 @@ would run them (the virtualenv's python standing in for the image's, PORT set as
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import shutil
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -139,30 +142,69 @@ def test_the_image_command_starts_answers_and_stops_on_sigterm(tmp_path: Path):
     assert check.returncode != 0  # nothing answers any more: the healthcheck says so
 
 
+def build_stage_commands() -> list[str]:
+    """The shell commands of the build stage's RUN lines, split at `&&`."""
+    return [
+        command.strip()
+        for keyword, args in stages()[0]
+        if keyword == "RUN"
+        for command in args.split("&&")
+    ]
+
+
+def pip_installs() -> list[list[str]]:
+    return [
+        shlex.split(command)
+        for command in build_stage_commands()
+        if re.search(r"\bpip install\b", command)
+    ]
+
+
+def test_the_image_installs_exactly_the_locked_versions_then_the_server_alone():
+    installs = pip_installs()
+    assert len(installs) == 2, installs
+    locked, server = installs
+    # Every file checked against the lock's hashes, nothing resolved anew.
+    assert {"--require-hashes", "--no-deps"} <= set(locked), locked
+    assert locked[locked.index("-r") + 1] == "requirements.lock", locked
+    # The server alone, built by the locked setuptools rather than whatever is newest.
+    assert {"--no-deps", "--no-build-isolation"} <= set(server) and server[-1] == ".", server
+    assert not any("--upgrade" in part or part == "-U" for part in locked + server)
+    copied = [args.split()[0] for keyword, args in stages()[0] if keyword == "COPY"]
+    assert copied[0] == "requirements.lock", copied
+
+
 def test_the_built_package_carries_the_demo_files(tmp_path: Path):
-    # What the build stage copies in, built the way pip builds it (setuptools, no sources kept).
+    # What the build stage copies in, built as it builds it: pip, no build isolation, the
+    # virtualenv's setuptools (pinned in the lock files, so there on every Python).
     for source in ("pyproject.toml", "README.md"):
         shutil.copy(REPO_ROOT / source, tmp_path / source)
     shutil.copytree(
         REPO_ROOT / "server", tmp_path / "server", ignore=shutil.ignore_patterns("__pycache__")
     )
-    build = [sys.executable, "-c", "import setuptools; setuptools.setup()", "-q", "build_py"]
+    build = [sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check"]
     result = subprocess.run(
-        [*build, "--build-lib", str(tmp_path / "out")],
+        [*build, "--no-deps", "--no-build-isolation", "--wheel-dir", "out", "."],
         cwd=tmp_path,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
+    assert "Warning" not in result.stderr, result.stderr  # a quiet build: nothing to heed
 
-    for name in ("demo.html", "demo.js", "socket.io.min.js"):
-        built = tmp_path / "out" / "server" / "static" / name
-        assert built.read_bytes() == (STATIC / name).read_bytes(), name
+    [wheel] = (tmp_path / "out").glob("*.whl")
+    with zipfile.ZipFile(wheel) as built:
+        for name in ("demo.html", "demo.js", "socket.io.min.js"):
+            packed = built.read(f"server/static/{name}")
+            assert packed == (STATIC / name).read_bytes(), name
 
 
-@pytest.mark.parametrize("excluded", [".git", ".venv", ".env", "**/node_modules", "tests"])
+@pytest.mark.parametrize(
+    "excluded", [".git", ".venv", ".venv-*", ".env", "**/node_modules", "tests"]
+)
 def test_the_build_context_leaves_out_local_state_and_secrets(excluded: str):
     ignored = (REPO_ROOT / ".dockerignore").read_text().splitlines()
     assert excluded in ignored
-    assert not any(line.strip() in ("server", "server/static", "*.js") for line in ignored)
+    kept = ("server", "server/static", "*.js", "requirements.lock", "*.lock", "pyproject.toml")
+    assert not any(line.strip() in kept for line in ignored)
