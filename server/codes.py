@@ -22,7 +22,7 @@ from . import keys
 from .clock import Clock
 from .instances import Instances
 from .models import PendingCode
-from .pairing import CodeBook
+from .pairing import CodeBook, retired
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +125,9 @@ class Codes:
         # to release them when their socket leaves (one round trip), to find its pending ones,
         # and to write back if Redis loses its data.
         self._owned: dict[str, dict[str, Seen]] = {}
+        # Paired codes whose app left from here, while their app may take them back (the grace
+        # time): written back too if Redis loses its data, and looked up here while it is away.
+        self._left_here: dict[str, PendingCode] = {}
         self._marker: str | None = None  # Redis's data marker when this instance looked
         self._restoring: asyncio.Task[None] | None = None
         if redis is not None:
@@ -135,14 +138,25 @@ class Codes:
 
     async def get(self, code: str) -> Seen:
         if not self._shared(code):
-            return Seen(code, self._local.get(code), local=True)
+            return self._get_here(code)
         assert self._redis is not None
         try:
             raw = await self._redis.get(keys.code(code))
         except (RedisError, OSError) as exc:
             log.warning("Code lookup in Redis failed (%s): this instance's codes only", exc)
-            return Seen(code, self._local.get(code), local=True)
+            return self._get_here(code)
         return self._seen(code, raw)
+
+    def _get_here(self, code: str) -> Seen:
+        """Without Redis: this process's code, or a paired one whose app left from here (so
+        that the app coming back during an outage gets its session, not a fresh code)."""
+        entry = self._local.get(code)
+        left = self._left_here.get(code)
+        if entry is None and left is not None and not retired(left, self._clock(), self._grace_ms):
+            del self._left_here[code]
+            self._local.put(left)
+            entry = left
+        return Seen(code, entry, local=True)
 
     def _seen(self, code: str, raw: bytes | str | None) -> Seen:
         if raw is None:
@@ -261,6 +275,8 @@ class Codes:
                 if not owned:
                     del self._owned[before.tracked_sid]
         entry = after.entry
+        if entry is None or entry.tracked_sid is not None:
+            self._left_here.pop(after.code, None)  # gone, or someone's again
         if entry is not None and entry.tracked_sid is not None:
             if self._instances.is_local(entry.tracked_sid):
                 self._owned.setdefault(entry.tracked_sid, {})[after.code] = after
@@ -276,26 +292,29 @@ class Codes:
         pass  # nothing to do until Redis answers
 
     async def _restore(self, marker: str) -> None:
-        """Write back the codes of this instance's connected apps, where Redis has none (a code
-        taken meanwhile stays taken: its app registers again). Codes whose app left are lost:
-        a tracker entering one is told it is invalid or expired."""
+        """Write back the codes of this instance's connected apps, and the paired codes whose
+        app left from here within the grace time, where Redis has none (a code taken meanwhile
+        stays taken: its app registers again). Codes whose app left from an instance that is
+        gone are lost: a tracker entering one is told it is invalid or expired."""
         written = taken = 0
+        now = self._clock()
+        held = [seen.entry for entries in self._owned.values() for seen in entries.values()]
+        held += [e for e in self._left_here.values() if not retired(e, now, self._grace_ms)]
         try:
-            for entries in list(self._owned.values()):
-                for seen in list(entries.values()):
-                    if seen.entry is None:
-                        continue
-                    if await self.put(seen.entry, Seen(seen.code, None)) is not None:
-                        written += 1
-                    else:
-                        taken += 1
+            for entry in held:
+                if entry is None:
+                    continue
+                if await self.put(entry, Seen(entry.code, None)) is not None:
+                    written += 1
+                else:
+                    taken += 1
         except Exception:
             log.exception("Writing back the pairing codes failed: retrying at the next heartbeat")
             return
         self._marker = marker
         log.warning(
-            "Redis lost its data: wrote back %d pairing codes of apps connected here "
-            "(%d taken meanwhile); codes of apps that had left are lost",
+            "Redis lost its data: wrote back %d pairing codes of apps connected here or just "
+            "left (%d taken meanwhile)",
             written,
             taken,
         )
@@ -329,9 +348,11 @@ class Codes:
             changes = [(seen, _left(seen.entry, now)) for seen in mine if seen.entry is not None]
             done = await self._swap_all(changes)
             again = []
-            for (seen, _), ok in zip(changes, done, strict=True):
+            for (seen, left), ok in zip(changes, done, strict=True):
                 if ok and seen.entry is not None:
                     owned.append(seen.entry)
+                    if left.paired:
+                        self._left_here[seen.code] = left
                 elif not ok:
                     again.append(seen.code)
             mine = [
@@ -407,4 +428,6 @@ class Codes:
 
     def sweep(self, now: int, grace_ms: int) -> int:
         """Forget this process's expired codes (Redis expires its own)."""
+        for code in [c for c, e in self._left_here.items() if retired(e, now, grace_ms)]:
+            del self._left_here[code]
         return self._local.sweep(now, grace_ms)

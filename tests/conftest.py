@@ -45,6 +45,9 @@ SLOW_MODULES = frozenset(
         "test_redis_restart_empty",
         "test_redis_outage",
         "test_loadtest_smoke",
+        "test_chaos",
+        "test_abuse",
+        "test_transport_abuse",
     }
 )
 

@@ -115,7 +115,7 @@ async def test_trackers_are_told_when_the_tracked_app_was_on_the_dead_instance(
     assert sio.to(here) == [None]  # trackedPersonDisconnected, no payload
     assert sio.sent == [(here, "trackedPersonDisconnected", None)]
     stored = await events.store.current(T1)
-    assert stored == Session(tracked_socket_id=None, tracker_socket_ids=(here,))
+    assert stored == Session(tracked_socket_id=None, tracker_socket_ids=(here,), revision=2)
 
 
 async def test_nobody_is_told_of_a_socket_that_is_back_on_another_instance(

@@ -324,6 +324,11 @@ async def test_trackers_of_a_dead_instance_do_not_count_against_the_cap(
     )
     assert ghost != record
     await redis.set(key, ghost)
+    # Its heartbeat stopped a minute ago (an instance never heard of counts as alive until a
+    # heartbeat read says otherwise: it may have just started).
+    now_s, now_us = await redis.time()
+    await redis.zadd("instances", {"deadbeef": now_s * 1000 + now_us // 1000 - 60_000})
+    await asyncio.sleep(1.5)  # a heartbeat read
     newcomer = await node.connect(server.url, "websocket")
     newcomer.emit("trackCode", p.code)
     assert only(await newcomer.expect("trackingStarted"))["sessionToken"] == p.token

@@ -12,6 +12,7 @@ import asyncio
 import json
 import secrets
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -33,6 +34,7 @@ from tests.support.flows import (
     track,
 )
 from tests.support.metrics import scrape, value
+from tests.support.nodeclient import NodeDriver
 from tests.support.processes import RedisServer
 
 pytestmark = pytest.mark.node
@@ -208,3 +210,44 @@ async def test_the_newest_copy_wins_the_write_back_whoever_writes_first(
     finally:
         for store in (a, b):
             await store.close()
+
+
+async def test_an_app_that_had_just_left_gets_its_session_back_after_redis_lost_its_data(
+    node: NodeDriver, start_server: Any, redis_server: RedisServer, redis_client: aioredis.Redis
+) -> None:
+    # Found by the chaos run: only the codes of apps connected at the time were written back,
+    # so an app that had dropped a moment before re-registered its code and got a fresh,
+    # unpaired one (its pairing gone for it). The instance it left from writes that code back.
+    server = await start_server(redis_url=redis_server.url)
+    p = await pair(node, server.url, "websocket")
+    await p.tracked.disconnect()
+    await p.tracker.expect("trackedPersonDisconnected")
+
+    redis_server.kill()
+    await asyncio.to_thread(redis_server.start)
+
+    async def code_stored() -> int:
+        try:
+            return int(await redis_client.exists(f"code:{p.code}"))
+        except (RedisError, OSError):
+            return 0
+
+    await eventually(code_stored, lambda n: n == 1, within=WRITTEN_BACK_WITHIN_S + 2)
+    again = await node.connect(server.url, "websocket")
+    _, reply = await register(again, p.code)
+    assert reply.get("sessionToken") == p.token
+
+
+async def test_an_app_that_had_just_left_gets_its_session_back_while_redis_is_away(
+    node: NodeDriver, start_server: Any, redis_server: RedisServer
+) -> None:
+    # While Redis is away codes are looked up in this process only: the paired code its app
+    # left from here still answers with the session, not as a fresh code.
+    server = await start_server(redis_url=redis_server.url)
+    p = await pair(node, server.url, "websocket")
+    await p.tracked.disconnect()
+    await p.tracker.expect("trackedPersonDisconnected")
+    redis_server.kill()
+    again = await node.connect(server.url, "websocket")
+    _, reply = await register(again, p.code)
+    assert reply.get("sessionToken") == p.token

@@ -432,12 +432,13 @@ def no_false_alarms(h: History) -> Verdict:
 
 
 def attempt_limit_holds(h: History) -> Verdict:
-    """No address has more code attempts evaluated in one window than the limit, across
-    instances. Counted: wrong-code answers, and from a guessing address a right guess too (it
-    was evaluated: past the limit it must be refused like a wrong one), whose request went out
-    in the same window. A Redis restarted empty forgets the counts (a new count starts), and
+    """No address has more failed code attempts evaluated in one window than the limit, across
+    instances, and none is evaluated past it: a wrong code is a failed attempt; a right guess
+    from a guessing address must be refused like a wrong one once the window's failures have
+    reached the limit (before that, it is an honest pairing, not a failure). Counted by the
+    request's window. A Redis restarted empty forgets the counts (a new count starts), and
     while Redis is away each instance counts alone: attempts answered then are not counted."""
-    counts: dict[tuple[str, int, int], int] = defaultdict(int)
+    tries: dict[tuple[str, int, int], list[tuple[int, bool]]] = defaultdict(list)
     view = View(h)
     restarts = sorted(f.end for f in h.faults if f.kind == "redis-restart")
     for entry in h.entries:
@@ -453,7 +454,17 @@ def attempt_limit_holds(h: History) -> Verdict:
         if view.redis_restarting(request.t, entry.t):
             continue
         epoch = sum(end <= request.t for end in restarts)
-        counts[(h.addresses.get(entry.client, "?"), entry.t // WINDOW_MS, epoch)] += 1
+        key = (h.addresses.get(entry.client, "?"), entry.t // WINDOW_MS, epoch)
+        tries[key].append((entry.t if wrong else request.t, wrong))
+    counts: dict[tuple[str, int, int], int] = {}
+    for key, seen in tries.items():
+        failures = over = 0
+        for _, wrong in sorted(seen):
+            if wrong:
+                failures += 1
+            elif failures >= h.attempt_limit:
+                over += 1  # a right guess evaluated after the limit was reached
+        counts[key] = failures + over
     evidence = [
         f"{address}: {count} codes evaluated in the minute from "
         f"{time.strftime('%H:%M', time.gmtime(window * 60))} UTC (limit {h.attempt_limit})"
