@@ -44,6 +44,10 @@ log = logging.getLogger(__name__)
 
 MAX_HELD_OPS: Final = 100  # changes kept per session while Redis is away
 WRITE_BACK_BATCH: Final = 500  # records per script call when Redis lost its data
+# After Redis lost its data, writes wait this long after this instance's write-back: every live
+# instance sees the loss at its next heartbeat (1 s) and writes back its newest copies first,
+# then the changes not yet written are made on whichever copy won (compare-and-set, as always).
+REBASE_SECONDS: Final = 2.0
 
 # KEYS: the deadlines set, then one record key per session. ARGV: the TTL, then per session the
 # record as this process last saw it in Redis ("" none, "*" whatever is there, "<N" none or one
@@ -157,6 +161,9 @@ class RedisPersistence(_StoreBase):
         self._wake = asyncio.Event()  # the heartbeat saw Redis answer: the recovery tries now
         self._marker: str | None = None  # the data marker Redis had when this process looked
         self._restoring: asyncio.Task[None] | None = None
+        self._restore_lock = asyncio.Lock()
+        self._rebased = asyncio.Event()  # clear while copies are being written back (above)
+        self._rebased.set()
         self.available = False
         self.reached = False  # Redis answered at least once since the start (for /healthz)
         self.failures = 0  # Redis commands that failed, for /metrics
@@ -296,6 +303,7 @@ class RedisPersistence(_StoreBase):
         """Write the newest state of each token, and its deadlines where they changed, in one
         atomic script call (one reply to parse, however many records). Returns the tokens that
         another instance changed first: made again on the newer record, to be written again."""
+        await self._rebased.wait()
         async with self._writing:
             return await self._write_batch(tokens)
 
@@ -445,6 +453,7 @@ class RedisPersistence(_StoreBase):
             delay = min(delay * 2, 5.0)
             try:
                 await self._redis.ping()
+                await self._lost_data()
                 written = await self._flush()
             except (RedisError, OSError) as exc:
                 log.debug("Redis still unavailable: %s", cause(exc))
@@ -459,34 +468,57 @@ class RedisPersistence(_StoreBase):
                 log.info("Redis connected successfully (recovered, wrote %d held)", written)
                 return
 
-    async def _restore(self, marker: str) -> None:
+    async def _restore(self, marker: str | None) -> None:
         """Redis lost its data (restarted without persistence, flushed): write back every
-        session and deadline held here. Until it succeeds the marker stays unadopted, so the
-        next heartbeat tries again."""
-        try:
-            sessions, due = await self.write_back()
-        except (RedisError, OSError) as exc:
-            log.warning("Redis lost its data; writing it back failed (%s): retrying", cause(exc))
-            return
-        except Exception:
-            log.exception("Redis lost its data; writing it back failed: retrying")
-            self.on_crash("redis-restore")
-            return
-        self._marker = marker
-        self.data_losses += 1
-        log.warning("Redis lost its data: wrote back %d sessions and %d deadlines", sessions, due)
+        session and deadline held here, as last written (the changes not yet written follow,
+        made on the newest copy). Until it succeeds the marker stays unadopted, so the next
+        heartbeat tries again."""
+        async with self._restore_lock:
+            if marker is not None and marker == self._marker:
+                return  # done meanwhile (the heartbeat and the recovery both saw it)
+            self._rebased.clear()
+            try:
+                sessions, due = await self.write_back()
+            except (RedisError, OSError) as exc:
+                log.warning(
+                    "Redis lost its data; writing it back failed (%s): retrying", cause(exc)
+                )
+                return
+            except Exception:
+                log.exception("Redis lost its data; writing it back failed: retrying")
+                self.on_crash("redis-restore")
+                return
+            finally:
+                if not self._rebased.is_set():
+                    asyncio.get_running_loop().call_later(REBASE_SECONDS, self._rebased.set)
+            self._marker = marker
+            self.data_losses += 1
+            log.warning(
+                "Redis lost its data: wrote back %d sessions and %d deadlines", sessions, due
+            )
+
+    async def _lost_data(self) -> bool:
+        """Whether Redis lost its data since this instance last looked (for the recovery: the
+        held changes go after the write-back, never before it)."""
+        raw = await self._redis.get(keys.DATA_MARKER)
+        marker = raw.decode() if isinstance(raw, bytes) else raw
+        if self._marker is None or marker == self._marker:
+            return False
+        await self._restore(marker)
+        return True
 
     async def write_back(self) -> tuple[int, int]:
-        """Write every cached record, and its deadlines, where Redis has no record or an older
-        copy (fewer writes: see Session.revision): of several instances doing it at once the
-        newest copy wins, and a change an event made since is never overwritten. Returns how many
-        records and deadlines were written."""
+        """Write every record held here as it was last written (a change made here since, e.g.
+        while Redis was away, is made again on the newest copy afterwards), and its deadlines,
+        where Redis has no record or an older copy (fewer writes: see Session.revision): of
+        several instances doing it at once the newest copy wins, and a change an event made
+        since is never overwritten. Returns how many records and deadlines were written."""
         sessions = deadline_count = 0
         async with self._writing:
             tokens = list(self._sessions)
             for start in range(0, len(tokens), WRITE_BACK_BATCH):
                 batch = [
-                    (token, session)
+                    (token, seen[1] if (seen := self._seen.get(token)) else session)
                     for token in tokens[start : start + WRITE_BACK_BATCH]
                     if (session := self._sessions.get(token)) is not None
                 ]
@@ -503,7 +535,8 @@ class RedisPersistence(_StoreBase):
         args: list[str | bytes | int] = [keys.SESSION_TTL_SECONDS]
         encoded: list[tuple[bytes, dict[str, int]]] = []
         for token, session in batch:
-            raw = _encode(session)
+            seen = self._seen.get(token)
+            raw = seen[0] if seen is not None and seen[1] is session else _encode(session)
             due = deadlines(session, now)
             encoded.append((raw, due))
             record_keys.append(keys.session(token))
@@ -524,6 +557,9 @@ class RedisPersistence(_StoreBase):
                 continue
             self._seen[token] = (raw, session)
             self._synced[token] = due
+            if self._ops.get(token):
+                self._pending.add(token)  # made on the copy written back, once others had theirs
+                self._commit_soon()
             sessions += 1
             deadline_count += len(due)
         return sessions, deadline_count

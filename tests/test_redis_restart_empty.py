@@ -251,3 +251,48 @@ async def test_an_app_that_had_just_left_gets_its_session_back_while_redis_is_aw
     again = await node.connect(server.url, "websocket")
     _, reply = await register(again, p.code)
     assert reply.get("sessionToken") == p.token
+
+
+async def test_a_change_held_on_a_stale_copy_is_made_on_the_newest_copy_written_back(
+    redis_server: RedisServer,
+) -> None:
+    # Found by the chaos run: A held a setTimers made on its stale copy (no check-in) while
+    # Redis was away; B held the newest copy (the check-in). Redis came back empty and each
+    # wrote back what it had: the check-in and the timers must both be in Redis at the end.
+    client = connect(redis_server.url, timeout=2, max_connections=4)
+    clock = FakeClock()
+    a = RedisStore(clock, client, Instances(clock, client))
+    b = RedisStore(clock, client, Instances(clock, client))
+    try:
+        for store in (a, b):
+            await store.start()
+            await store.instances.check()  # each knows Redis's data marker
+        token = secrets.token_hex(32)
+        await a.create(token, Session())
+        assert await b.load(token) is not None
+        assert await b.update(token, lambda s: (rules.check_in(s, START + 1000), None))
+
+        redis_server.kill()
+        # A's change is held (Redis away), made on its copy from before the check-in.
+        assert await a.update(token, lambda s: (rules.set_timers(s, 1, 2, START + 2000), None))
+        assert a.held == 1
+        await asyncio.to_thread(redis_server.start)
+        # Both see the loss: A first (its write-back and recovery done), then B's heartbeat.
+        await eventually(a.instances.check, bool, within=5)
+        await asyncio.sleep(0.5)
+        await eventually(b.instances.check, bool, within=5)
+
+        async def stored_record() -> Session | None:
+            raw = await client.get(keys.session(token))
+            return decode_record(raw) if raw is not None else None
+
+        record = await eventually(
+            stored_record,
+            lambda r: r is not None and r.settings_configured and r.last_check_in is not None,
+            within=10,
+        )
+        assert record is not None and record.last_check_in == START + 1000
+        assert record.alert_time_minutes == 2
+    finally:
+        for store in (a, b):
+            await store.close()
