@@ -13,7 +13,9 @@ from urllib.parse import parse_qs
 import engineio
 import socketio
 from aiohttp import WSCloseCode, web
+from engineio import async_socket, exceptions
 from engineio import packet as engineio_packet
+from engineio import payload as engineio_payload
 from socketio import packet as socketio_packet
 
 from . import errors, logs, websocket
@@ -152,6 +154,55 @@ class PacketQueue:
                 return
 
 
+class InvalidPayloadError(exceptions.EngineIOError):  # type: ignore[misc]
+    """A polling POST whose body is not an Engine.IO payload."""
+
+
+class DuplicatePollError(exceptions.EngineIOError):  # type: ignore[misc]
+    """A polling GET while another one of the same session is pending."""
+
+
+class PollingSocket(async_socket.AsyncSocket):  # type: ignore[misc]
+    """engine.io's socket, with the two polling rules of the Engine.IO v4 spec it does not
+    enforce: an invalid payload, and a second concurrent GET, close the session with an HTTP
+    400 (engine.io answered the first 200 and logged a traceback, and let both GETs wait).
+
+    Raising an EngineIOError from these handlers is engine.io's own way to that answer: it
+    disconnects the session (its CLOSE ends a pending poll) and answers 400.
+    """
+
+    polling = False  # a GET of this session is pending
+
+    async def handle_get_request(self, environ: dict[str, Any]) -> Any:
+        if environ.get("HTTP_UPGRADE"):
+            return await super().handle_get_request(environ)
+        if self.polling:
+            client = client_of(self)
+            log.info("Closing %s: two polls at once", self.sid, extra=client)
+            raise DuplicatePollError
+        self.polling = True
+        try:
+            return await super().handle_get_request(environ)
+        finally:
+            self.polling = False
+
+    async def handle_post_request(self, environ: dict[str, Any]) -> None:
+        length = int(environ.get("CONTENT_LENGTH", "0"))
+        if length > self.server.max_http_buffer_size:
+            raise exceptions.ContentTooLongError
+        body = await environ["wsgi.input"].read(length)
+        try:
+            packets = engineio_payload.Payload(encoded_payload=body.decode()).packets
+        except DECODING as exc:
+            client = client_of(self)
+            log.info("Closing %s: invalid payload: %s", self.sid, str(exc)[:200], extra=client)
+            raise InvalidPayloadError from exc
+        for pkt in packets:
+            await self.receive(pkt)
+            if self.closed:
+                break  # e.g. the client's CLOSE, or hung up on: the rest is not for anyone
+
+
 class EngineServer(engineio.AsyncServer):  # type: ignore[misc]
     """engine.io's server, except that disconnecting never waits for a client.
 
@@ -205,7 +256,18 @@ class EngineServer(engineio.AsyncServer):  # type: ignore[misc]
         request = args[0]
         trust_proxy = self.guard.trust_proxy
         logs.CLIENT.set(client_address(request.remote, request.headers, trust_proxy))
+        if "transport" not in request.query and request.method != "OPTIONS":
+            # Engine.IO v4: `transport` is mandatory, "If a mandatory query parameter is
+            # missing, then the server MUST respond with an HTTP 400 error status"; engine.io
+            # takes polling for granted.
+            environ = self._async["translate_request"](request)
+            return await self._make_response(self._bad_request("Missing transport"), environ)
         return await super().handle_request(*args, **kwargs)
+
+    def _method_not_found(self) -> dict[str, Any]:
+        # The spec's test suite expects 400 for a method other than GET, POST (and OPTIONS,
+        # CORS), as the Node server answers; engine.io answered 405.
+        return self._bad_request("Method not supported")  # type: ignore[no-any-return]
 
     def generate_id(self) -> str:
         return f"{self.instance_id}{SEPARATOR}{super().generate_id()}"
@@ -444,17 +506,21 @@ class SocketServer(socketio.AsyncServer):  # type: ignore[misc]
         # pinged by server.websocket's heartbeat instead of a task of its own.
         if parse_qs(environ.get("QUERY_STRING", "")).get("transport") == ["websocket"]:
             websocket.adopt(eio_socket)
+        # engine.io makes its sockets itself, with no hook for the class: this is the first
+        # moment the socket is seen, before its client knows its sid.
+        eio_socket.__class__ = PollingSocket
         await super()._handle_eio_connect(eio_sid, environ)
 
     async def _handle_eio_disconnect(self, eio_sid: str, reason: str) -> None:
         # After a client's own CLOSE, engine.io leaves that client's pending long-poll waiting
         # for the ping timeout (45 s): a request and a task held for nothing, and a shutdown
         # that waits for them. Nothing more will be sent to it (no CLOSE packet follows), so
-        # end the poll now.
+        # end the poll now, with a NOOP as the spec's test suite expects (Node does the same).
         self._binary_strikes.pop(eio_sid, None)
         eio_socket = self.eio.sockets.get(eio_sid)
         if eio_socket is not None and reason == self.eio.reason.CLIENT_DISCONNECT:
-            eio_socket.queue.put_nowait(None)
+            noop = None if eio_socket.upgraded else engineio_packet.Packet(engineio_packet.NOOP)
+            eio_socket.queue.put_nowait(noop)
         await super()._handle_eio_disconnect(eio_sid, reason)
 
 
