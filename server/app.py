@@ -144,7 +144,7 @@ def create_app(settings: Settings, clock: Clock = wall_ms) -> web.Application:
     # Every other method reaches engine.io too, which answers 400 as the Engine.IO test suite
     # expects (aiohttp's router would answer 405).
     app.router.add_route("*", SOCKET_PATH, sio.eio.handle_request)
-    websockets = transport.install(sio)
+    websockets = transport.install(sio, driver=settings.websocket_driver)
     app[WEBSOCKETS] = websockets
     app[GUARD] = guard
     store = shared.store

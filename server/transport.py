@@ -16,6 +16,7 @@ from aiohttp import WSCloseCode, web
 from engineio import async_socket, exceptions
 from engineio import packet as engineio_packet
 from engineio import payload as engineio_payload
+from engineio.async_drivers import aiohttp as engineio_aiohttp
 from socketio import packet as socketio_packet
 
 from . import errors, logs, websocket
@@ -172,6 +173,9 @@ class PollingSocket(async_socket.AsyncSocket):  # type: ignore[misc]
     """
 
     polling = False  # a GET of this session is pending
+    # With WEBSOCKET_DRIVER=stock, the transport of its WebSocket: aborted on a hang-up (its
+    # writer task may be stuck sending to a client that does not read).
+    websocket_transport: asyncio.BaseTransport | None = None
 
     async def handle_get_request(self, environ: dict[str, Any]) -> Any:
         if environ.get("HTTP_UPGRADE"):
@@ -214,6 +218,8 @@ class EngineServer(engineio.AsyncServer):  # type: ignore[misc]
 
     # Set by the app: every id made here names this instance (see instances.py).
     instance_id = ""
+    # Set by install(): WebSockets run by server.websocket (True) or engine.io's own driver.
+    lean_websockets = True
     # Set by SocketServer: the limits of one client.
     guard: Guard
 
@@ -249,7 +255,10 @@ class EngineServer(engineio.AsyncServer):  # type: ignore[misc]
         eio_socket = self.sockets.pop(sid, None)
         if eio_socket is not None:
             await eio_socket.close(wait=False, abort=True, reason=self.reason.SERVER_DISCONNECT)
-            eio_socket.queue.put_nowait(None)  # ends a pending poll
+            eio_socket.queue.put_nowait(None)  # ends a pending poll (stock: its writer task)
+            transport = getattr(eio_socket, "websocket_transport", None)
+            if transport is not None:
+                transport.abort()
 
     async def handle_request(self, *args: Any, **kwargs: Any) -> Any:
         # engine.io's own log lines of this request are the client's (see logs.py).
@@ -504,7 +513,9 @@ class SocketServer(socketio.AsyncServer):  # type: ignore[misc]
         eio_socket.client = client_address(request.remote, request.headers, self.guard.trust_proxy)
         # Called before engine.io schedules the first ping: one that starts on WebSocket is
         # pinged by server.websocket's heartbeat instead of a task of its own.
-        if parse_qs(environ.get("QUERY_STRING", "")).get("transport") == ["websocket"]:
+        if self.eio.lean_websockets and parse_qs(environ.get("QUERY_STRING", "")).get(
+            "transport"
+        ) == ["websocket"]:
             websocket.adopt(eio_socket)
         # engine.io makes its sockets itself, with no hook for the class: this is the first
         # moment the socket is seen, before its client knows its sid.
@@ -560,6 +571,41 @@ class WebSockets:
 
         return WebSocket
 
+    def stock_driver(self) -> type[Any]:
+        """engine.io's own WebSocket driver for aiohttp (WEBSOCKET_DRIVER=stock, the way back
+        if an upgrade of engine.io breaks server.websocket): its writer task, reader loop and
+        ping task per connection, with three changes. Compression is off (PLATFORM.md); the
+        WebSocket is registered here, so that a shutdown closes it; and a frame that is not
+        an Engine.IO packet ends the connection (engine.io's reader raised out of the handler,
+        a traceback per frame)."""
+        registry = self._open
+
+        class StockWebSocket(engineio_aiohttp.WebSocket):  # type: ignore[misc]
+            async def __call__(self, environ: dict[str, Any]) -> web.WebSocketResponse:
+                request = environ["aiohttp.request"]
+                max_size = self.server.max_http_buffer_size
+                self._sock = ws = web.WebSocketResponse(max_msg_size=max_size, compress=False)
+                await ws.prepare(request)
+                self.environ = environ
+                socket = self.handler.__self__
+                socket.websocket_transport = request.transport
+                registry.add(ws)
+                try:
+                    await self.handler(self)
+                finally:
+                    registry.discard(ws)
+                    socket.websocket_transport = None
+                return ws
+
+            async def wait(self) -> str | bytes:
+                max_size = self.server.max_http_buffer_size
+                data = websocket.packet_data(await self._sock.receive(), max_size)
+                if data is None:
+                    raise OSError("closed, too large or not an Engine.IO packet")
+                return data
+
+        return StockWebSocket
+
     async def close_all(self) -> None:
         """Close every WebSocket now (Engine.IO's CLOSE packet alone does not make a WebSocket
         client hang up, and the server side would wait for the next ping timeout)."""
@@ -571,13 +617,19 @@ class WebSockets:
             )
 
 
-def install(sio: Any, heartbeat: websocket.Heartbeat | None = None) -> WebSockets:
+def install(
+    sio: Any, heartbeat: websocket.Heartbeat | None = None, *, driver: str = "lean"
+) -> WebSockets:
     """Use the registering WebSocket class for this server only (the driver table is shared);
-    its heartbeat must run for the app's lifetime."""
+    its heartbeat must run for the app's lifetime. `driver`: "lean" (server.websocket) or
+    "stock" (engine.io's own, see WebSockets.stock_driver)."""
     if heartbeat is None:
         heartbeat = websocket.Heartbeat(sio.eio.ping_interval, sio.eio.ping_timeout)
     websockets = WebSockets(heartbeat, sio.guard)
-    sio.eio._async = {**sio.eio._async, "websocket": websockets.driver()}
+    lean = driver == "lean"
+    sio.eio.lean_websockets = lean
+    websocket_class = websockets.driver() if lean else websockets.stock_driver()
+    sio.eio._async = {**sio.eio._async, "websocket": websocket_class}
     return websockets
 
 

@@ -26,6 +26,12 @@ MAX_MESSAGE_BYTES = 1_000_000
 SETTLE = 0.5
 
 
+@pytest.fixture(params=["lean", "stock"])
+def websocket_driver(request: pytest.FixtureRequest) -> str:
+    """Run on engine.io's stock WebSocket driver too (WEBSOCKET_DRIVER=stock, the way back)."""
+    return str(request.param)
+
+
 @pytest.fixture
 async def server(start_server: StartServer) -> ServerProcess:
     """The server as the suite was run against it: default heartbeat, 1 MB messages."""
