@@ -16,7 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
-from . import logs, settings
+from . import logs, settings, versions
 from .app import create_app, requests_timeout
 from .guard import GUARD, Guard
 from .ops import METRICS
@@ -161,6 +161,7 @@ def main() -> int:
         config.log_level, config.log_format, config.log_lines_per_client_per_minute
     )
     log.info("Open files limit: %d", raise_open_files_limit())
+    versions.warn_if_unverified()
     app = create_app(config)
     lines.on_suppressed = functools.partial(app[METRICS].refused, "log_lines_per_client_per_minute")
     try:

@@ -109,3 +109,46 @@ def test_port_0_logs_the_port_the_os_gave_and_serves_on_it(tmp_path: Path) -> No
         if process.stderr is not None:
             process.stderr.close()
     assert process.returncode == 0
+
+
+def test_an_unverified_engineio_release_is_named_in_one_warning_at_start(tmp_path: Path) -> None:
+    # A dist-info ahead of site-packages on sys.path: importlib.metadata reports 4.16.0 while
+    # the engine.io actually imported is the installed one.
+    fake = tmp_path / "fake" / "python_engineio-4.16.0.dist-info"
+    fake.mkdir(parents=True)
+    metadata = "Metadata-Version: 2.1\nName: python-engineio\nVersion: 4.16.0\n"
+    (fake / "METADATA").write_text(metadata)
+    command, environment = server_command(tmp_path, PORT="0", HOST="127.0.0.1")
+    environment["PYTHONPATH"] = str(fake.parent)
+    process = subprocess.Popen(
+        command,
+        cwd=REPO_ROOT,
+        env=environment,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    lines: list[str] = []
+    try:
+        assert process.stderr is not None
+        deadline = time.monotonic() + 30
+        while (left := deadline - time.monotonic()) > 0:
+            if not select.select([process.stderr], [], [], left)[0]:
+                break
+            line = process.stderr.readline()
+            if not line:
+                break
+            lines.append(line)
+            if LISTENING.search(line.rstrip()):
+                break
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(20)
+        if process.stderr is not None:
+            process.stderr.close()
+    warnings = [line for line in lines if "Unverified versions installed" in line]
+    assert len(warnings) == 1, "".join(lines)
+    assert "python-engineio 4.16.0 (verified: ~=4.15.1)" in warnings[0]
+    assert "WARNING" in warnings[0]
