@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
 import logging
+import os
 import resource
+import socket
 import sys
 from collections.abc import Coroutine
 from typing import Any
 
 from aiohttp import web
 
-from . import logs, settings
+from . import logs, settings, versions
 from .app import create_app, requests_timeout
 from .guard import GUARD, Guard
 from .ops import METRICS
@@ -22,6 +25,29 @@ log = logging.getLogger("server")
 
 # aiohttp's run_app default, kept: an idle keep-alive connection is closed after it.
 KEEPALIVE_SECONDS = 75.0
+
+# Exit codes: 2 a setting is wrong (named on stderr), 3 the address cannot be listened on.
+EXIT_SETTINGS = 2
+EXIT_CANNOT_LISTEN = 3
+
+
+class CannotListen(Exception):
+    """The listening socket could not be made; the message is the one line for stderr."""
+
+
+def _reason(exc: OSError | UnicodeError) -> str:
+    """Why a bind failed, in words: "address already in use", "Name or service not known"."""
+    code = getattr(exc, "errno", None)
+    if isinstance(exc, socket.gaierror) or not isinstance(code, int) or code <= 0:
+        return getattr(exc, "strerror", None) or str(exc)
+    if code == errno.EADDRINUSE:
+        return "address already in use"
+    return os.strerror(code).lower()
+
+
+def _address(sockname: Any) -> str:
+    host, port = sockname[0], sockname[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _event_loop() -> asyncio.AbstractEventLoop:
@@ -52,16 +78,27 @@ class GuardedSite(web.BaseSite):
         self._host = host
         self._port = port
         self._guard = guard
+        self._listening: asyncio.Server | None = None
 
     @property
     def name(self) -> str:
         return f"http://{self._host or '*'}:{self._port}"
 
+    def bound(self) -> str:
+        """Where it listens, as bound: the port the OS chose for PORT=0, `*` for every
+        interface when they share one port."""
+        assert self._listening is not None
+        names = [sock.getsockname() for sock in self._listening.sockets]
+        ports = {name[1] for name in names}
+        if self._host is None and len(ports) == 1:
+            return f"*:{ports.pop()}"
+        return ", ".join(sorted({_address(name) for name in names}))
+
     async def start(self) -> None:
         await super().start()
         server = self._runner.server
         assert server is not None
-        self._server = await asyncio.get_running_loop().create_server(
+        self._server = self._listening = await asyncio.get_running_loop().create_server(
             self._guard.listener(server), self._host, self._port, backlog=self._backlog
         )
 
@@ -80,7 +117,13 @@ async def _serve(app: web.Application, config: settings.Settings) -> None:
     )
     await runner.setup()
     try:
-        await GuardedSite(runner, config.host, config.port, app[GUARD]).start()
+        site = GuardedSite(runner, config.host, config.port, app[GUARD])
+        try:
+            await site.start()
+        except (OSError, UnicodeError) as exc:  # UnicodeError: a host name IDNA refuses
+            where = f"{config.host or '*'}:{config.port}"
+            raise CannotListen(f"Cannot listen on {where}: {_reason(exc)}") from None
+        log.info("All Is Well server listening on %s", site.bound())
         await asyncio.Event().wait()
     finally:
         await runner.cleanup()
@@ -113,16 +156,19 @@ def main() -> int:
         config = settings.load()
     except settings.SettingsError as exc:
         print(f"Configuration error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_SETTINGS
     lines = logs.configure(
         config.log_level, config.log_format, config.log_lines_per_client_per_minute
     )
     log.info("Open files limit: %d", raise_open_files_limit())
+    versions.warn_if_unverified()
     app = create_app(config)
     lines.on_suppressed = functools.partial(app[METRICS].refused, "log_lines_per_client_per_minute")
-    where = f"{config.host or '*'}:{config.port}"
-    log.info("All Is Well server listening on %s", where)
-    _run(_serve(app, config), _event_loop())
+    try:
+        _run(_serve(app, config), _event_loop())
+    except CannotListen as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_CANNOT_LISTEN
     log.info("All Is Well server stopped")
     return 0
 

@@ -152,7 +152,10 @@ def create_app(settings: Settings, clock: Clock = wall_ms) -> web.Application:
     )
     sio.eio.instance_id = shared.instances.id
     sio.attach(app, socketio_path=SOCKET_PATH.strip("/"))
-    websockets = transport.install(sio)
+    # Every other method reaches engine.io too, which answers 400 as the Engine.IO test suite
+    # expects (aiohttp's router would answer 405).
+    app.router.add_route("*", SOCKET_PATH, sio.eio.handle_request)
+    websockets = transport.install(sio, driver=settings.websocket_driver)
     app[WEBSOCKETS] = websockets
     app[GUARD] = guard
     store = shared.store

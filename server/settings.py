@@ -41,6 +41,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     attachments_per_packet: int = 0  # the apps send no binary attachments
     connections_per_address: int = 200
     log_lines_per_client_per_minute: int = 5
+    # "lean": server.websocket runs the WebSockets; "stock": engine.io's own driver (the way
+    # back if an upgrade breaks ours; compression off either way).
+    websocket_driver: str = "lean"
 
     @property
     def code_grace_ms(self) -> int:
@@ -135,6 +138,13 @@ def _log_format(env: Mapping[str, str]) -> str:
     return raw
 
 
+def _websocket_driver(env: Mapping[str, str]) -> str:
+    raw = env.get("WEBSOCKET_DRIVER", "").strip().lower() or "lean"
+    if raw not in ("lean", "stock"):
+        raise SettingsError(f"WEBSOCKET_DRIVER must be lean or stock, got {raw!r}")
+    return raw
+
+
 def load(env: Mapping[str, str] | None = None) -> Settings:
     """Read every setting from `env` (default: the process environment)."""
     env = os.environ if env is None else env
@@ -164,4 +174,5 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         attachments_per_packet=_int(env, "ATTACHMENTS_PER_PACKET", 0, 0, 100),
         connections_per_address=_int(env, "CONNECTIONS_PER_ADDRESS", 200, 1, 1_000_000),
         log_lines_per_client_per_minute=_int(env, "LOG_LINES_PER_CLIENT_PER_MINUTE", 5, 1, 10_000),
+        websocket_driver=_websocket_driver(env),
     )

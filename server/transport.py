@@ -13,7 +13,10 @@ from urllib.parse import parse_qs
 import engineio
 import socketio
 from aiohttp import WSCloseCode, web
+from engineio import async_socket, exceptions
 from engineio import packet as engineio_packet
+from engineio import payload as engineio_payload
+from engineio.async_drivers import aiohttp as engineio_aiohttp
 from socketio import packet as socketio_packet
 
 from . import errors, logs, websocket
@@ -152,6 +155,58 @@ class PacketQueue:
                 return
 
 
+class InvalidPayloadError(exceptions.EngineIOError):  # type: ignore[misc]
+    """A polling POST whose body is not an Engine.IO payload."""
+
+
+class DuplicatePollError(exceptions.EngineIOError):  # type: ignore[misc]
+    """A polling GET while another one of the same session is pending."""
+
+
+class PollingSocket(async_socket.AsyncSocket):  # type: ignore[misc]
+    """engine.io's socket, with the two polling rules of the Engine.IO v4 spec it does not
+    enforce: an invalid payload, and a second concurrent GET, close the session with an HTTP
+    400 (engine.io answered the first 200 and logged a traceback, and let both GETs wait).
+
+    Raising an EngineIOError from these handlers is engine.io's own way to that answer: it
+    disconnects the session (its CLOSE ends a pending poll) and answers 400.
+    """
+
+    polling = False  # a GET of this session is pending
+    # With WEBSOCKET_DRIVER=stock, the transport of its WebSocket: aborted on a hang-up (its
+    # writer task may be stuck sending to a client that does not read).
+    websocket_transport: asyncio.BaseTransport | None = None
+
+    async def handle_get_request(self, environ: dict[str, Any]) -> Any:
+        if environ.get("HTTP_UPGRADE"):
+            return await super().handle_get_request(environ)
+        if self.polling:
+            client = client_of(self)
+            log.info("Closing %s: two polls at once", self.sid, extra=client)
+            raise DuplicatePollError
+        self.polling = True
+        try:
+            return await super().handle_get_request(environ)
+        finally:
+            self.polling = False
+
+    async def handle_post_request(self, environ: dict[str, Any]) -> None:
+        length = int(environ.get("CONTENT_LENGTH", "0"))
+        if length > self.server.max_http_buffer_size:
+            raise exceptions.ContentTooLongError
+        body = await environ["wsgi.input"].read(length)
+        try:
+            packets = engineio_payload.Payload(encoded_payload=body.decode()).packets
+        except DECODING as exc:
+            client = client_of(self)
+            log.info("Closing %s: invalid payload: %s", self.sid, str(exc)[:200], extra=client)
+            raise InvalidPayloadError from exc
+        for pkt in packets:
+            await self.receive(pkt)
+            if self.closed:
+                break  # e.g. the client's CLOSE, or hung up on: the rest is not for anyone
+
+
 class EngineServer(engineio.AsyncServer):  # type: ignore[misc]
     """engine.io's server, except that disconnecting never waits for a client.
 
@@ -163,6 +218,8 @@ class EngineServer(engineio.AsyncServer):  # type: ignore[misc]
 
     # Set by the app: every id made here names this instance (see instances.py).
     instance_id = ""
+    # Set by install(): WebSockets run by server.websocket (True) or engine.io's own driver.
+    lean_websockets = True
     # Set by SocketServer: the limits of one client.
     guard: Guard
 
@@ -198,14 +255,28 @@ class EngineServer(engineio.AsyncServer):  # type: ignore[misc]
         eio_socket = self.sockets.pop(sid, None)
         if eio_socket is not None:
             await eio_socket.close(wait=False, abort=True, reason=self.reason.SERVER_DISCONNECT)
-            eio_socket.queue.put_nowait(None)  # ends a pending poll
+            eio_socket.queue.put_nowait(None)  # ends a pending poll (stock: its writer task)
+            transport = getattr(eio_socket, "websocket_transport", None)
+            if transport is not None:
+                transport.abort()
 
     async def handle_request(self, *args: Any, **kwargs: Any) -> Any:
         # engine.io's own log lines of this request are the client's (see logs.py).
         request = args[0]
         trust_proxy = self.guard.trust_proxy
         logs.CLIENT.set(client_address(request.remote, request.headers, trust_proxy))
+        if "transport" not in request.query and request.method != "OPTIONS":
+            # Engine.IO v4: `transport` is mandatory, "If a mandatory query parameter is
+            # missing, then the server MUST respond with an HTTP 400 error status"; engine.io
+            # takes polling for granted.
+            environ = self._async["translate_request"](request)
+            return await self._make_response(self._bad_request("Missing transport"), environ)
         return await super().handle_request(*args, **kwargs)
+
+    def _method_not_found(self) -> dict[str, Any]:
+        # The spec's test suite expects 400 for a method other than GET, POST (and OPTIONS,
+        # CORS), as the Node server answers; engine.io answered 405.
+        return self._bad_request("Method not supported")  # type: ignore[no-any-return]
 
     def generate_id(self) -> str:
         return f"{self.instance_id}{SEPARATOR}{super().generate_id()}"
@@ -442,19 +513,25 @@ class SocketServer(socketio.AsyncServer):  # type: ignore[misc]
         eio_socket.client = client_address(request.remote, request.headers, self.guard.trust_proxy)
         # Called before engine.io schedules the first ping: one that starts on WebSocket is
         # pinged by server.websocket's heartbeat instead of a task of its own.
-        if parse_qs(environ.get("QUERY_STRING", "")).get("transport") == ["websocket"]:
+        if self.eio.lean_websockets and parse_qs(environ.get("QUERY_STRING", "")).get(
+            "transport"
+        ) == ["websocket"]:
             websocket.adopt(eio_socket)
+        # engine.io makes its sockets itself, with no hook for the class: this is the first
+        # moment the socket is seen, before its client knows its sid.
+        eio_socket.__class__ = PollingSocket
         await super()._handle_eio_connect(eio_sid, environ)
 
     async def _handle_eio_disconnect(self, eio_sid: str, reason: str) -> None:
         # After a client's own CLOSE, engine.io leaves that client's pending long-poll waiting
         # for the ping timeout (45 s): a request and a task held for nothing, and a shutdown
         # that waits for them. Nothing more will be sent to it (no CLOSE packet follows), so
-        # end the poll now.
+        # end the poll now, with a NOOP as the spec's test suite expects (Node does the same).
         self._binary_strikes.pop(eio_sid, None)
         eio_socket = self.eio.sockets.get(eio_sid)
         if eio_socket is not None and reason == self.eio.reason.CLIENT_DISCONNECT:
-            eio_socket.queue.put_nowait(None)
+            noop = None if eio_socket.upgraded else engineio_packet.Packet(engineio_packet.NOOP)
+            eio_socket.queue.put_nowait(noop)
         await super()._handle_eio_disconnect(eio_sid, reason)
 
 
@@ -494,6 +571,41 @@ class WebSockets:
 
         return WebSocket
 
+    def stock_driver(self) -> type[Any]:
+        """engine.io's own WebSocket driver for aiohttp (WEBSOCKET_DRIVER=stock, the way back
+        if an upgrade of engine.io breaks server.websocket): its writer task, reader loop and
+        ping task per connection, with three changes. Compression is off (PLATFORM.md); the
+        WebSocket is registered here, so that a shutdown closes it; and a frame that is not
+        an Engine.IO packet ends the connection (engine.io's reader raised out of the handler,
+        a traceback per frame)."""
+        registry = self._open
+
+        class StockWebSocket(engineio_aiohttp.WebSocket):  # type: ignore[misc]
+            async def __call__(self, environ: dict[str, Any]) -> web.WebSocketResponse:
+                request = environ["aiohttp.request"]
+                max_size = self.server.max_http_buffer_size
+                self._sock = ws = web.WebSocketResponse(max_msg_size=max_size, compress=False)
+                await ws.prepare(request)
+                self.environ = environ
+                socket = self.handler.__self__
+                socket.websocket_transport = request.transport
+                registry.add(ws)
+                try:
+                    await self.handler(self)
+                finally:
+                    registry.discard(ws)
+                    socket.websocket_transport = None
+                return ws
+
+            async def wait(self) -> str | bytes:
+                max_size = self.server.max_http_buffer_size
+                data = websocket.packet_data(await self._sock.receive(), max_size)
+                if data is None:
+                    raise OSError("closed, too large or not an Engine.IO packet")
+                return data
+
+        return StockWebSocket
+
     async def close_all(self) -> None:
         """Close every WebSocket now (Engine.IO's CLOSE packet alone does not make a WebSocket
         client hang up, and the server side would wait for the next ping timeout)."""
@@ -505,13 +617,19 @@ class WebSockets:
             )
 
 
-def install(sio: Any, heartbeat: websocket.Heartbeat | None = None) -> WebSockets:
+def install(
+    sio: Any, heartbeat: websocket.Heartbeat | None = None, *, driver: str = "lean"
+) -> WebSockets:
     """Use the registering WebSocket class for this server only (the driver table is shared);
-    its heartbeat must run for the app's lifetime."""
+    its heartbeat must run for the app's lifetime. `driver`: "lean" (server.websocket) or
+    "stock" (engine.io's own, see WebSockets.stock_driver)."""
     if heartbeat is None:
         heartbeat = websocket.Heartbeat(sio.eio.ping_interval, sio.eio.ping_timeout)
     websockets = WebSockets(heartbeat, sio.guard)
-    sio.eio._async = {**sio.eio._async, "websocket": websockets.driver()}
+    lean = driver == "lean"
+    sio.eio.lean_websockets = lean
+    websocket_class = websockets.driver() if lean else websockets.stock_driver()
+    sio.eio._async = {**sio.eio._async, "websocket": websocket_class}
     return websockets
 
 

@@ -13,6 +13,7 @@ Node socket.io-client
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -146,8 +147,15 @@ StartServer = Callable[..., Awaitable[ServerProcess]]
 
 
 @pytest.fixture
+def websocket_driver() -> str:
+    """WEBSOCKET_DRIVER of the servers start_server starts: the environment's, else lean. A
+    module overrides it with both (as test_compat_pairing.py does) to run on each."""
+    return os.environ.get("WEBSOCKET_DRIVER", "lean")
+
+
+@pytest.fixture
 async def start_server(
-    tmp_path: Path, request: pytest.FixtureRequest
+    tmp_path: Path, request: pytest.FixtureRequest, websocket_driver: str
 ) -> AsyncIterator[StartServer]:
     """Factory: ``await start_server(redis_url=None, **env)`` starts the server under test
     on a free port; every server it started is stopped when the test ends (and its log tail
@@ -155,6 +163,7 @@ async def start_server(
     servers: list[ServerProcess] = []
 
     async def start(redis_url: str | None = None, **env: str | None) -> ServerProcess:
+        env = {"WEBSOCKET_DRIVER": websocket_driver, **env}
         server = ServerProcess(
             tmp_path / f"server-{len(servers)}.log", redis_url=redis_url, env=env
         )

@@ -14,6 +14,12 @@ from tests.support.flows import check_in, only, pair, track
 pytestmark = pytest.mark.node
 
 
+@pytest.fixture(params=["lean", "stock"])
+def websocket_driver(request: pytest.FixtureRequest) -> str:
+    """Run on engine.io's stock WebSocket driver too (WEBSOCKET_DRIVER=stock, the way back)."""
+    return str(request.param)
+
+
 async def test_every_tracker_is_told_when_the_tracked_person_disconnects(server, node, transport):
     p = await pair(node, server.url, transport)
     second = await node.connect(server.url, transport)

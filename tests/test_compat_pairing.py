@@ -25,6 +25,13 @@ from tests.support.flows import (
 
 pytestmark = pytest.mark.node
 
+
+@pytest.fixture(params=["lean", "stock"])
+def websocket_driver(request: pytest.FixtureRequest) -> str:
+    """Run on engine.io's stock WebSocket driver too (WEBSOCKET_DRIVER=stock, the way back)."""
+    return str(request.param)
+
+
 TIMER_KEYS = {"reminderTimeMinutes", "alertTimeMinutes", "reminderTimeEnd", "alertTimeEnd"}
 
 

@@ -41,6 +41,7 @@ def test_every_variable_is_read() -> None:
     assert settings.log_level == "DEBUG" and settings.log_format == "json"
     assert settings.max_message_bytes == 4096 and settings.redis_timeout == 0.5
     assert settings.redis_max_connections == 8 and settings.code_grace_seconds == 60
+    assert load({"WEBSOCKET_DRIVER": " Stock "}).websocket_driver == "stock"
 
 
 @pytest.mark.parametrize(
@@ -57,6 +58,7 @@ def test_every_variable_is_read() -> None:
         ("CODE_GRACE_SECONDS", "-5"),
         ("SHUTDOWN_TIMEOUT", "0"),
         ("SHUTDOWN_TIMEOUT", "soon"),
+        ("WEBSOCKET_DRIVER", "fast"),
     ],
 )
 def test_a_bad_value_names_its_variable(name: str, value: str) -> None:
