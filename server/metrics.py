@@ -157,7 +157,7 @@ class _StateCollector(Collector):
         if not isinstance(store, RedisPersistence):
             return
         yield GaugeMetricFamily(
-            "alliswell_redis_up", "1 while Redis answers, 0 during an outage", value=store.available
+            "alliswell_redis_up", "1 while Redis answers, 0 during an outage", value=store.answering
         )
         yield GaugeMetricFamily(
             "alliswell_redis_writes_held",

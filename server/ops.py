@@ -24,7 +24,7 @@ def redis_state(store: MemoryStore) -> str:
     every command) last saw Redis."""
     if not isinstance(store, RedisPersistence):
         return "disabled"
-    return "up" if store.available else "down"
+    return "up" if store.answering else "down"
 
 
 async def healthz(request: web.Request) -> web.Response:

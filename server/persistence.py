@@ -166,6 +166,10 @@ class RedisPersistence(_StoreBase):
         self._rebased.set()
         self.available = False
         self.reached = False  # Redis answered at least once since the start (for /healthz)
+        # Redis answered the last heartbeat or command (for /healthz). Not `available`: after
+        # an outage or a loss of its data, writes wait a moment for the write-back while Redis
+        # is already up.
+        self.answering = False
         self.failures = 0  # Redis commands that failed, for /metrics
         self.conflicts = 0  # writes another instance got in before, for /metrics
         self.data_losses = 0  # times Redis was found without our data, for /metrics
@@ -186,7 +190,7 @@ class RedisPersistence(_StoreBase):
             await self.ping()
         except (RedisError, OSError):
             return
-        self.available = self.reached = True
+        self.available = self.reached = self.answering = True
         log.info("Redis connected successfully")
 
     async def close(self) -> None:
@@ -408,7 +412,7 @@ class RedisPersistence(_StoreBase):
 
     def beat_ok(self, marker: str) -> None:
         """The heartbeat went through: Redis answers; a new data marker means it lost its data."""
-        self.reached = True
+        self.reached = self.answering = True
         if not self.available:
             self._wake.set()  # the recovery need not wait out its backoff
         if self._marker is None:
@@ -419,6 +423,7 @@ class RedisPersistence(_StoreBase):
     def beat_failed(self, exc: BaseException) -> None:
         """The heartbeat failed or took too long: Redis is away (or frozen) even if nobody
         else asked it anything: answer from memory and hold changes until it is back."""
+        self.answering = False
         if self.available or self._recovery is None:
             self._lost(exc)
 
@@ -439,7 +444,7 @@ class RedisPersistence(_StoreBase):
                     where(self._redis),
                     cause(exc),
                 )
-        self.available = False
+        self.available = self.answering = False
         if self._recovery is None or self._recovery.done():
             self._recovery = asyncio.create_task(self._recover(), name="redis-recovery")
 
@@ -453,9 +458,11 @@ class RedisPersistence(_StoreBase):
             delay = min(delay * 2, 5.0)
             try:
                 await self._redis.ping()
+                self.answering = self.reached = True
                 await self._lost_data()
                 written = await self._flush()
             except (RedisError, OSError) as exc:
+                self.answering = False
                 log.debug("Redis still unavailable: %s", cause(exc))
                 continue
             except Exception:
@@ -464,7 +471,7 @@ class RedisPersistence(_StoreBase):
                 continue
             if not self._dirty:
                 # No await between the check and the switch: no change can slip past the flush.
-                self.available = self.reached = True
+                self.available = self.reached = self.answering = True
                 log.info("Redis connected successfully (recovered, wrote %d held)", written)
                 return
 

@@ -247,6 +247,15 @@ def test_a_paired_code_registered_without_its_session_fails() -> None:
     fails(checker.paired_code_keeps_its_session, h, APP, "sessionToken -")
 
 
+def test_a_paired_code_registered_afresh_while_redis_was_away_is_excused() -> None:
+    h = story()
+    final = next(e for e in h.entries if e.phase == FINAL and e.kind == RECV)
+    final.payload = {"code": CODE}
+    # Redis away around that answer: an instance that does not hold the code cannot know it.
+    h.faults.append(FaultRecord("redis-restart", final.t - 500, final.t + 500))
+    assert checker.paired_code_keeps_its_session(h).ok
+
+
 def test_a_tracker_that_never_hears_a_check_in_fails() -> None:
     h = story()
     drop(h, "checkInReceived")

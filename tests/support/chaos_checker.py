@@ -476,14 +476,26 @@ def attempt_limit_holds(h: History) -> Verdict:
 
 def paired_code_keeps_its_session(h: History) -> Verdict:
     """An app that registers its code again, once paired, is given its session back (the code
-    stays paired for CODE_GRACE_SECONDS after the app left: 300 s, longer than a run)."""
+    stays paired for CODE_GRACE_SECONDS after the app left: 300 s, longer than a run).
+
+    Excused: an answer while Redis was away (an instance the app did not leave from cannot
+    know the code: it is registered afresh there, as documented), and, for that code, what
+    the app is answered after it took such a fresh code."""
     view = View(h)
     evidence, checked = [], 0
+    forfeited: set[tuple[str, object]] = set()
     for entry in view.received("codeRegistered"):
         if entry.token is None or h.roles.get(entry.client) != "tracked":
             continue
-        checked += 1
         given = field_of(entry.payload, "sessionToken")
+        code = field_of(entry.payload, "code")
+        if (entry.client, code) in forfeited:
+            continue
+        request = view.request_of(entry, ("registerCode",))
+        if given != entry.token and view.redis_away(request.t if request else entry.t, entry.t):
+            forfeited.add((entry.client, code))
+            continue
+        checked += 1
         if given != entry.token:
             evidence.append(
                 f"{entry.client} {ref(entry.token)}: registerCode of its paired code answered "
