@@ -118,7 +118,9 @@ def build_shared(settings: Settings, clock: Clock) -> Shared:
     store = RedisStore(clock, redis, instances)
 
     def available() -> bool:
-        return store.available
+        # Redis answers (codes and counts go there), even while session writes still wait
+        # for a write-back after Redis lost its data.
+        return store.answering
 
     return Shared(
         instances,

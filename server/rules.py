@@ -80,7 +80,8 @@ def observe_status(session: Session, now: int) -> tuple[Session, bool]:
     """getStatus: report alertExpired, and make the alert pending the first time it is seen."""
     expired = alert_expired(session, now)
     if expired and session.pending_alert is None:
-        return replace(session, pending_alert=now, alerted_for=session.alert_time_end), True
+        # Pending, but not yet told: the scheduler still pushes it to the trackers (once).
+        return replace(session, pending_alert=now), True
     return session, expired
 
 
@@ -145,18 +146,23 @@ REMINDER: Final = "reminder"
 def deadlines(session: Session, now: int) -> dict[str, int]:
     """What the scheduler must wake up for: the alert, and the reminder while it is ahead.
 
-    Nothing while an alert is pending (it has fired) or timers are not set. A session that has
+    Nothing once the alert was told (`alerted`) or while timers are not set; an alert that
+    getStatus made pending first is still told by the scheduler. A session that has
     set timers but never checked in alerts too: its deadlines count from when the timers were
     set, as PROTOCOL.md computes alertTimeEnd. A reminder not before the alert is dropped (the
     alert says more), and so is one already past: a late reminder helps nobody.
     """
     if not timers_armed(session) or session.alert_time_end is None:
         return {}
-    if session.pending_alert is not None or alerted(session):
+    if alerted(session):
         return {}
     due = {ALERT: round(session.alert_time_end)}
     reminder = session.reminder_time_end
-    if reminder is not None and now < reminder < session.alert_time_end:
+    if (
+        session.pending_alert is None
+        and reminder is not None
+        and now < reminder < session.alert_time_end
+    ):
         due[REMINDER] = round(reminder)
     return due
 
@@ -164,24 +170,27 @@ def deadlines(session: Session, now: int) -> dict[str, int]:
 def alerted(session: Session) -> bool:
     """An alert was raised for the current alert deadline (it may have been cleared since by a
     tracker's reconnect): it is not raised again until a check-in or new timers move it."""
-    return (
-        session.alerted_for is not None
-        and session.alert_time_end is not None
-        and round(session.alerted_for) == round(session.alert_time_end)
-    )
+    end = session.alert_time_end
+    if end is None:
+        return False
+    if session.alerted_for is None:
+        # Fired by a version that did not record it: it made the due time pending.
+        return session.pending_alert is not None and round(session.pending_alert) == round(end)
+    return round(session.alerted_for) == round(end)
 
 
 def fire_alert(session: Session, due: int) -> tuple[Session, bool]:
     """The alert deadline `due` has passed: make it pending, unless it is stale."""
     if (
-        session.pending_alert is not None
-        or session.alert_time_end is None
+        session.alert_time_end is None
         or round(session.alert_time_end) != due
         or not timers_armed(session)
         or alerted(session)
     ):
         return session, False
-    return replace(session, pending_alert=due, alerted_for=due), True
+    # Pending already if getStatus saw it first (that time is kept); told now either way.
+    pending = session.pending_alert if session.pending_alert is not None else due
+    return replace(session, pending_alert=pending, alerted_for=due), True
 
 
 def reminder_due(session: Session, due: int, now: int) -> bool:
