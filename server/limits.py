@@ -34,10 +34,15 @@ KEY_SECONDS: Final = 2 * WINDOW_MS // 1000  # a window's count outlives it: neve
 BUSY_WAITS: Final = (0.05, 0.1, 0.2, 0.4, 0.5)
 
 # KEYS: the address's attempts in one window (hash: failed, inflight).
-# ARGV: the limit, the key's lifetime (s).
+# ARGV: the limit, the key's lifetime (s), failures this process counted while Redis was away
+# (added first: every instance then counts them).
 # Returns {1 taken | 0 busy (failures and attempts in flight fill the limit) | -1 used up
 # (failures alone fill it), the failures counted}.
 _TAKE: Final = """
+if tonumber(ARGV[3]) > 0 then
+  redis.call('HINCRBY', KEYS[1], 'failed', ARGV[3])
+  redis.call('EXPIRE', KEYS[1], ARGV[2])
+end
 local failed = tonumber(redis.call('HGET', KEYS[1], 'failed') or '0')
 local inflight = tonumber(redis.call('HGET', KEYS[1], 'inflight') or '0')
 if failed >= tonumber(ARGV[1]) then
@@ -174,9 +179,11 @@ class AttemptLimiter:
             try:
                 state, failed = await self._take(
                     keys=[keys.attempts(address, window)],
-                    # Less what this process counted while Redis was away.
-                    args=[max(self.limit - local[0] - local[1], 0), KEY_SECONDS],
+                    # Less the attempts this process still evaluates without Redis; its
+                    # failures meanwhile go to Redis, for every instance to count.
+                    args=[max(self.limit - local[1], 0), KEY_SECONDS, local[0]],
                 )
+                local[0] = 0
                 self._shared[(address, window)] = int(failed)
                 return int(state), True
             except (RedisError, OSError) as exc:

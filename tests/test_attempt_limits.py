@@ -204,3 +204,22 @@ async def test_a_place_freed_while_waiting_is_taken() -> None:
     settling = asyncio.create_task(pairs_then_settles())
     assert await limiter.ticket("a").spend()
     await settling
+
+
+async def test_failures_counted_while_redis_was_away_count_on_every_instance_after() -> None:
+    # Found by the chaos run: failures one instance counted alone while Redis was away were
+    # not known to the others once it was back (12 codes evaluated in a minute, limit 10).
+    redis = fakeredis.FakeAsyncRedis()
+    clock = FakeClock()
+    available = False
+    alone = AttemptLimiter(clock, 10, redis, lambda: available)
+    other = AttemptLimiter(clock, 10, redis, lambda: True)
+    for _ in range(4):
+        assert await alone.failed("a")  # counted in this process only
+    available = True
+    assert await alone.failed("a")  # Redis back: the four go there with this one
+    evaluated = 0
+    while await other.failed("a"):
+        evaluated += 1
+    assert evaluated == 5  # 10 in all, across both
+    await redis.aclose()
