@@ -148,15 +148,26 @@ class Codes:
         return self._seen(code, raw)
 
     def _get_here(self, code: str) -> Seen:
-        """Without Redis: this process's code, or a paired one whose app left from here (so
-        that the app coming back during an outage gets its session, not a fresh code)."""
+        """Without Redis: this process's code, or one it wrote to Redis last (so that the app
+        registering its code again during an outage gets its session, not a fresh code)."""
         entry = self._local.get(code)
-        left = self._left_here.get(code)
-        if entry is None and left is not None and not retired(left, self._clock(), self._grace_ms):
-            del self._left_here[code]
-            self._local.put(left)
-            entry = left
+        if entry is None:
+            entry = self._held_here(code)
+            if entry is not None:
+                self._local.put(entry)  # this process decides about it until Redis is back
         return Seen(code, entry, local=True)
+
+    def _held_here(self, code: str) -> PendingCode | None:
+        """A code in Redis that this instance wrote last: one its connected socket owns, or a
+        paired one whose app left from here within the grace time."""
+        for owned in self._owned.values():
+            seen = owned.get(code)
+            if seen is not None and seen.entry is not None:
+                return seen.entry
+        left = self._left_here.pop(code, None)
+        if left is not None and not retired(left, self._clock(), self._grace_ms):
+            return left
+        return None
 
     def _seen(self, code: str, raw: bytes | str | None) -> Seen:
         if raw is None:

@@ -296,3 +296,15 @@ async def test_a_change_held_on_a_stale_copy_is_made_on_the_newest_copy_written_
     finally:
         for store in (a, b):
             await store.close()
+
+
+async def test_a_connected_app_registering_its_code_again_while_redis_is_away_keeps_its_session(
+    node: NodeDriver, start_server: Any, redis_server: RedisServer
+) -> None:
+    # Found by the chaos run: the app's own socket re-registered its paired code during an
+    # outage and got a fresh, unpaired one, which a tracker then paired into a second session.
+    server = await start_server(redis_url=redis_server.url)
+    p = await pair(node, server.url, "websocket")
+    redis_server.kill()
+    _, reply = await register(p.tracked, p.code)
+    assert reply.get("sessionToken") == p.token
