@@ -32,6 +32,7 @@ from .chaos_view import (
 IN_FLIGHT_MS: Final = 10_000
 HEALTH_AGREE_MS: Final = 2_000
 WINDOW_MS: Final = 60_000  # the failed-attempt window (limits.py)
+HEARTBEAT_LAG_MS: Final = 1_500  # how long an instance may not yet know that Redis is back
 EVALUATED: Final = (errors.INVALID_OR_EXPIRED_CODE, errors.CODE_EXPIRED, errors.CODE_IN_USE)
 TRACEBACK: Final = "Traceback (most recent call last)"
 TIMER_REQUESTS: Final = ("checkIn", "setTimers")
@@ -437,7 +438,8 @@ def attempt_limit_holds(h: History) -> Verdict:
     from a guessing address must be refused like a wrong one once the window's failures have
     reached the limit (before that, it is an honest pairing, not a failure). Counted by the
     request's window. A Redis restarted empty forgets the counts (a new count starts), and
-    while Redis is away each instance counts alone: attempts answered then are not counted."""
+    while Redis is away (and until an instance's next heartbeat sees it back) each instance
+    counts alone: attempts answered then are not counted."""
     tries: dict[tuple[str, int, int], list[tuple[int, bool]]] = defaultdict(list)
     view = View(h)
     restarts = sorted(f.end for f in h.faults if f.kind == "redis-restart")
@@ -451,7 +453,9 @@ def attempt_limit_holds(h: History) -> Verdict:
         request = view.request_of(entry, ("trackCode", "registerCode"))
         if request is None or request.t // WINDOW_MS != entry.t // WINDOW_MS:
             continue
-        if view.redis_restarting(request.t, entry.t):
+        # An instance learns that Redis is back at its next heartbeat (1 s): until then it
+        # counts alone, as while Redis was away.
+        if view.redis_restarting(request.t - HEARTBEAT_LAG_MS, entry.t):
             continue
         epoch = sum(end <= request.t for end in restarts)
         key = (h.addresses.get(entry.client, "?"), entry.t // WINDOW_MS, epoch)
