@@ -9,6 +9,7 @@ alert fires (its deadline is gone), and a session nobody touches is lost at the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import secrets
 from collections.abc import AsyncIterator
@@ -113,6 +114,29 @@ async def test_sessions_and_deadlines_come_back_when_redis_restarts_empty(
         await rejoin_as_tracker(node, server.url, "websocket", p.token, last[p.token])
 
 
+@contextlib.asynccontextmanager
+async def two_stores(
+    redis_server: RedisServer, a_class: type[RedisStore], b_class: type[RedisStore]
+) -> AsyncIterator[tuple[aioredis.Redis, RedisStore, RedisStore]]:
+    """Two instances' stores on one Redis (the server's kind of client), started, and a token."""
+    client = connect(redis_server.url, timeout=2, max_connections=4)
+    clock = FakeClock()
+    a = a_class(clock, client, Instances(clock, client))
+    b = b_class(clock, client, Instances(clock, client))
+    try:
+        for store in (a, b):
+            await store.start()
+        yield client, a, b
+    finally:
+        for store in (a, b):
+            await store.close()
+
+
+async def stored_session(client: aioredis.Redis, token: str) -> Session | None:
+    raw = await client.get(keys.session(token))
+    return decode_record(raw) if raw is not None else None
+
+
 class NaiveWriteBack(RedisStore):
     """Writes its cached records back over whatever Redis holds by then."""
 
@@ -135,13 +159,7 @@ class NaiveWriteBack(RedisStore):
 async def test_a_write_back_never_overwrites_a_change_made_since_redis_came_back(
     redis_server: RedisServer, store_class: type[RedisStore]
 ) -> None:
-    client = connect(redis_server.url, timeout=2, max_connections=4)
-    clock = FakeClock()
-    a = RedisStore(clock, client, Instances(clock, client))
-    b = store_class(clock, client, Instances(clock, client))
-    try:
-        for store in (a, b):
-            await store.start()
+    async with two_stores(redis_server, RedisStore, store_class) as (client, a, b):
         token = secrets.token_hex(32)
         await a.create(token, Session(last_check_in=START))
         assert await b.load(token) is not None  # B caches it too
@@ -153,13 +171,10 @@ async def test_a_write_back_never_overwrites_a_change_made_since_redis_came_back
         assert await a.update(token, lambda s: (rules.check_in(s, START + 1000), None))
         await b.write_back()
 
-        raw = await client.get(keys.session(token))
-        assert raw is not None and decode_record(raw).last_check_in == START + 1000
+        record = await stored_session(client, token)
+        assert record is not None and record.last_check_in == START + 1000
         cached = b.cached(token)
         assert cached is not None and cached.last_check_in == START + 1000  # B took theirs
-    finally:
-        for store in (a, b):
-            await store.close()
 
 
 class FirstWriteBackWins(RedisStore):
@@ -188,13 +203,7 @@ async def test_the_newest_copy_wins_the_write_back_whoever_writes_first(
 ) -> None:
     # Found by the chaos run: B read the session once (a tracker paired there), A confirmed a
     # check-in since; Redis restarted empty and B, with its stale copy, wrote back first.
-    client = connect(redis_server.url, timeout=2, max_connections=4)
-    clock = FakeClock()
-    a = store_class(clock, client, Instances(clock, client))
-    b = store_class(clock, client, Instances(clock, client))
-    try:
-        for store in (a, b):
-            await store.start()
+    async with two_stores(redis_server, store_class, store_class) as (client, a, b):
         token = secrets.token_hex(32)
         await a.create(token, Session(last_check_in=START))
         assert await b.load(token) is not None  # B's copy, from before the check-in
@@ -205,11 +214,8 @@ async def test_the_newest_copy_wins_the_write_back_whoever_writes_first(
         await b.write_back()
         await a.write_back()
 
-        raw = await client.get(keys.session(token))
-        assert raw is not None and decode_record(raw).last_check_in == START + 1000
-    finally:
-        for store in (a, b):
-            await store.close()
+        record = await stored_session(client, token)
+        assert record is not None and record.last_check_in == START + 1000
 
 
 async def test_an_app_that_had_just_left_gets_its_session_back_after_redis_lost_its_data(
@@ -259,13 +265,8 @@ async def test_a_change_held_on_a_stale_copy_is_made_on_the_newest_copy_written_
     # Found by the chaos run: A held a setTimers made on its stale copy (no check-in) while
     # Redis was away; B held the newest copy (the check-in). Redis came back empty and each
     # wrote back what it had: the check-in and the timers must both be in Redis at the end.
-    client = connect(redis_server.url, timeout=2, max_connections=4)
-    clock = FakeClock()
-    a = RedisStore(clock, client, Instances(clock, client))
-    b = RedisStore(clock, client, Instances(clock, client))
-    try:
+    async with two_stores(redis_server, RedisStore, RedisStore) as (client, a, b):
         for store in (a, b):
-            await store.start()
             await store.instances.check()  # each knows Redis's data marker
         token = secrets.token_hex(32)
         await a.create(token, Session())
@@ -282,20 +283,13 @@ async def test_a_change_held_on_a_stale_copy_is_made_on_the_newest_copy_written_
         await asyncio.sleep(0.5)
         await eventually(b.instances.check, bool, within=5)
 
-        async def stored_record() -> Session | None:
-            raw = await client.get(keys.session(token))
-            return decode_record(raw) if raw is not None else None
-
         record = await eventually(
-            stored_record,
+            lambda: stored_session(client, token),
             lambda r: r is not None and r.settings_configured and r.last_check_in is not None,
             within=10,
         )
         assert record is not None and record.last_check_in == START + 1000
         assert record.alert_time_minutes == 2
-    finally:
-        for store in (a, b):
-            await store.close()
 
 
 async def test_a_connected_app_registering_its_code_again_while_redis_is_away_keeps_its_session(
