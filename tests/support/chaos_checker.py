@@ -482,9 +482,10 @@ def paired_code_keeps_its_session(h: History) -> Verdict:
     """An app that registers its code again, once paired, is given its session back (the code
     stays paired for CODE_GRACE_SECONDS after the app left: 300 s, longer than a run).
 
-    Excused: an answer while Redis was away (an instance the app did not leave from cannot
-    know the code: it is registered afresh there, as documented), and, for that code, what
-    the app is answered after it took such a fresh code."""
+    Excused: an answer while Redis was away, or before the instance's next heartbeat saw it
+    back (an instance the app did not leave from cannot know the code: it is registered afresh
+    there, as documented), and, for that code, what the app is answered after it took such a
+    fresh code."""
     view = View(h)
     evidence, checked = [], 0
     forfeited: set[tuple[str, object]] = set()
@@ -496,7 +497,8 @@ def paired_code_keeps_its_session(h: History) -> Verdict:
         if (entry.client, code) in forfeited:
             continue
         request = view.request_of(entry, ("registerCode",))
-        if given != entry.token and view.redis_away(request.t if request else entry.t, entry.t):
+        asked = request.t if request else entry.t
+        if given != entry.token and view.redis_away(asked - HEARTBEAT_LAG_MS, entry.t):
             forfeited.add((entry.client, code))
             continue
         checked += 1
