@@ -188,31 +188,46 @@ def node_server(tmp_path: Path, make_redis_server: Callable[..., RedisServer]) -
     else:
         pytest.fail(f"npm ci failed:\n{installed.stdout}\n{installed.stderr}", pytrace=False)
     redis = make_redis_server()
-    port = free_port()
     errors = tmp_path / "node-stderr.log"
-    with errors.open("wb") as stderr:
-        process = subprocess.Popen(
-            [node, "server.js"],
-            cwd=copy,
-            env={**os.environ, "PORT": str(port), "REDIS_URL": redis.url},
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,  # it logs whole session tokens
-            stderr=stderr,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
+    for _ in range(3):  # a free port can be taken before node binds it: another one then
+        process, url = _start_node(node, copy, redis.url, errors)
         deadline = time.monotonic() + 20
         while http_status(url + "/") != 200:
             if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(
-                    f"the Node server did not start ({process.poll()}):\n{errors.read_text()}",
-                    pytrace=False,
-                )
+                break
             time.sleep(0.1)
+        else:
+            break
+        process.kill()
+        process.wait()
+        if "EADDRINUSE" not in errors.read_text():
+            pytest.fail(
+                f"the Node server did not start ({process.poll()}):\n{errors.read_text()}",
+                pytrace=False,
+            )
+    else:
+        pytest.fail(f"the Node server found no free port:\n{errors.read_text()}", pytrace=False)
+    try:
         yield url
     finally:
         process.kill()
         process.wait()
+
+
+def _start_node(
+    node: str, copy: Path, redis_url: str, errors: Path
+) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    with errors.open("wb") as stderr:
+        process = subprocess.Popen(
+            [node, "server.js"],
+            cwd=copy,
+            env={**os.environ, "PORT": str(port), "REDIS_URL": redis_url},
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,  # it logs whole session tokens
+            stderr=stderr,
+        )
+    return process, f"http://127.0.0.1:{port}"
 
 
 async def test_abuse_script_reports_the_node_server_vulnerable(node_server: str) -> None:
