@@ -393,11 +393,16 @@ class SocketServer(socketio.AsyncServer):  # type: ignore[misc]
         return EngineServer
 
     async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
-        if not isinstance(data, str):
+        if isinstance(data, bytes | bytearray):
             if eio_sid in self._binary_packet:  # announced, and within ATTACHMENTS_PER_PACKET
                 await super()._handle_eio_message(eio_sid, data)
             else:
                 await self._unexpected_binary(eio_sid)
+            return
+        if not isinstance(data, str):
+            # engine.io decodes a text message that is whole JSON (e.g. "4[[...]]"): not a
+            # Socket.IO packet, and not binary either.
+            await self._malformed(eio_sid, ValueError("not a Socket.IO packet"))
             return
         try:
             pkt = self._decode(eio_sid, data)
