@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 
 POLL_SECONDS: Final = 0.1
 BATCH: Final = 200
+# A deadline claimed while the record could not be checked against Redis is claimed again this
+# soon (not when its lease runs out).
+RETRY_MS: Final = 1_000
 
 
 class Alerts:
@@ -39,7 +42,9 @@ class Alerts:
     async def run_once(self) -> int:
         """Fire everything due now; returns how many deadlines were handled."""
         handled = 0
-        while True:
+        while self.store.available:
+            # Not while Redis is away or its lost data is being written back: a record this
+            # instance holds may be stale then, and another instance's newer copy decides.
             try:
                 claimed = await self.store.deadlines.claim(self.clock(), BATCH)
             except (RedisError, OSError) as exc:
@@ -51,6 +56,7 @@ class Alerts:
             handled += len(claimed)
             if len(claimed) < BATCH:
                 return handled
+        return handled
 
     async def run_forever(self) -> None:
         while True:
@@ -68,7 +74,10 @@ class Alerts:
             elif kind == rules.REMINDER:
                 await self._remind(token, due)
         except StoreUnavailable:
-            return  # the lease runs out and the claim is retried
+            # Decided on no copy: claimed again shortly (the lease covers Redis being away).
+            with contextlib.suppress(RedisError, OSError):
+                await self.store.deadlines.retry(claimed, RETRY_MS)
+            return
         except Exception:
             log.exception("Firing %s for session %s failed", kind, token_ref(token))
             return
@@ -76,7 +85,7 @@ class Alerts:
             await self.store.deadlines.release(claimed)
 
     async def _alert(self, token: str, due: int) -> None:
-        updated = await self.store.update(token, lambda s: rules.fire_alert(s, due))
+        updated = await self.store.update(token, lambda s: rules.fire_alert(s, due), checked=True)
         if updated is None or not updated[1]:
             return  # the session is gone, or a check-in or new timers came first
         session = updated[0]
@@ -91,7 +100,8 @@ class Alerts:
             self.webhooks.send("checkInMissed", token, due)
 
     async def _remind(self, token: str, due: int) -> None:
-        session = await self.store.current(token)  # a check-in on another instance counts
+        # A check-in on another instance counts.
+        session = await self.store.current(token, checked=True)
         if session is None or not rules.reminder_due(session, due, self.clock()):
             return
         if session.tracked_socket_id is not None:

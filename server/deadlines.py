@@ -74,16 +74,28 @@ class MemoryDeadlines:
     async def release(self, claimed: Claimed) -> None:
         pass
 
+    async def retry(self, claimed: Claimed, after_ms: int) -> None:
+        kind, token, when = claimed
+        name = member(kind, token)
+        if name not in self._due:  # else set anew meanwhile: that one stands
+            self._due[name] = when
+            heapq.heappush(self._heap, (when, name))
+
     def next_due(self) -> int | None:
         while self._heap and self._due.get(self._heap[0][1]) != self._heap[0][0]:
             heapq.heappop(self._heap)
         return self._heap[0][0] if self._heap else None
 
 
-# KEYS: the deadlines set, the leases set. ARGV: now (the claimer's clock, ms: for due times),
-# the lease's length (ms, on Redis's clock), how many to claim. Leases that ran out are taken over
-# first, then due members are moved to the leases. Returns the members claimed, `<member>|<due>`.
+# KEYS: the deadlines set, the leases set, the rebase key. ARGV: now (the claimer's clock, ms: for
+# due times), the lease's length (ms, on Redis's clock), how many to claim. Nothing is claimed
+# while the rebase key exists (Redis lost its data a moment ago: keys.DATA_REBASE). Leases that
+# ran out are taken over first, then due members are moved to the leases. Returns the members
+# claimed, `<member>|<due>`.
 _CLAIM: Final = """
+if redis.call('EXISTS', KEYS[3]) == 1 then
+  return {}
+end
 local now, limit = tonumber(ARGV[1]), tonumber(ARGV[3])
 local t = redis.call('TIME')
 local redis_now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -108,17 +120,28 @@ return out
 """
 
 
+# KEYS: the leases set. ARGV: the member, how long from now (ms, Redis's clock) until it is
+# claimed again. Only a lease still held is moved (a lease taken over meanwhile is not ours).
+_RETRY: Final = """
+local t = redis.call('TIME')
+local redis_now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+return redis.call('ZADD', KEYS[1], 'XX', redis_now + tonumber(ARGV[2]), ARGV[1])
+"""
+
+
 class RedisDeadlines:
     """Deadlines shared by every instance, in Redis."""
 
     def __init__(self, redis: aioredis.Redis, lease_ms: int = LEASE_MS) -> None:
         self._redis = redis
         self._claim = redis.register_script(_CLAIM)
+        self._retry = redis.register_script(_RETRY)
         self.lease_ms = lease_ms
 
     async def claim(self, now: int, limit: int) -> list[Claimed]:
         raw = await self._claim(
-            keys=[keys.DEADLINES, keys.DEADLINE_LEASES], args=[now, self.lease_ms, limit]
+            keys=[keys.DEADLINES, keys.DEADLINE_LEASES, keys.DATA_REBASE],
+            args=[now, self.lease_ms, limit],
         )
         claimed: list[Claimed] = []
         for item in raw:
@@ -130,6 +153,14 @@ class RedisDeadlines:
     async def release(self, claimed: Claimed) -> None:
         kind, token, due = claimed
         await self._redis.zrem(keys.DEADLINE_LEASES, f"{member(kind, token)}|{due}")
+
+    async def retry(self, claimed: Claimed, after_ms: int) -> None:
+        """Not fired this time (the record could not be checked): claimed again in `after_ms`
+        rather than when the lease runs out."""
+        kind, token, due = claimed
+        await self._retry(
+            keys=[keys.DEADLINE_LEASES], args=[f"{member(kind, token)}|{due}", after_ms]
+        )
 
     async def count(self) -> int:
         return int(await self._redis.zcard(keys.DEADLINES))

@@ -33,6 +33,10 @@ DEADLINE_LEASES: Final = "deadlines:leased"
 INSTANCES: Final = "instances"  # sorted set: instance id scored by its last heartbeat (Redis ms)
 # Written once into an empty Redis by the first heartbeat: a new value means Redis lost its data.
 DATA_MARKER: Final = "data-marker"
+# Set by the first instance that sees a new marker, expiring a few seconds later: no deadline is
+# claimed while it exists, so that the copies written back after the loss of data, and the
+# changes held meanwhile, are all in before any alert is decided on a record (deadlines.py).
+DATA_REBASE: Final = "data-marker:rebasing"
 RELAY_CHANNEL: Final = "alliswell:relay"  # pub/sub: emits for sockets of other instances
 
 

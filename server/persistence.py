@@ -48,6 +48,9 @@ WRITE_BACK_BATCH: Final = 500  # records per script call when Redis lost its dat
 # instance sees the loss at its next heartbeat (1 s) and writes back its newest copies first,
 # then the changes not yet written are made on whichever copy won (compare-and-set, as always).
 REBASE_SECONDS: Final = 2.0
+# And no deadline is claimed by any instance for this long after the first one saw the loss:
+# alerts are decided once the copies and the changes held meanwhile are all in.
+REBASE_CLAIMS_MS: Final = 5_000
 
 # KEYS: the deadlines set, then one record key per session. ARGV: the TTL, then per session the
 # record as this process last saw it in Redis ("" none, "*" whatever is there, "<N" none or one
@@ -237,6 +240,10 @@ class RedisPersistence(_StoreBase):
             await self._redis.delete(keys.session(token))
 
     async def _apply(self, token: str, op: _Op[Any]) -> bool:
+        if op.checked and not self.available:
+            # A copy not checked against Redis (away, or its data being written back): what
+            # the change decides could be told on a stale record.
+            raise StoreUnavailable
         current = self._sessions.get(token)
         if op.apply(current, self._is_live) is not current and op.session is not None:
             self._remember(token, op.session)
@@ -485,6 +492,7 @@ class RedisPersistence(_StoreBase):
                 return  # done meanwhile (the heartbeat and the recovery both saw it)
             self._rebased.clear()
             try:
+                await self._redis.set(keys.DATA_REBASE, "1", px=REBASE_CLAIMS_MS, nx=True)
                 sessions, due = await self.write_back()
             except (RedisError, OSError) as exc:
                 log.warning(

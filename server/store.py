@@ -53,11 +53,20 @@ class _Op(Generic[T]):
     if another instance changed the session first. So a change must be a pure function of the
     record that gives the same record when made twice (every rule in rules.py does)."""
 
-    __slots__ = ("change", "create", "done", "result", "session")
+    __slots__ = ("change", "checked", "create", "done", "result", "session")
 
-    def __init__(self, change: Change[T] | None = None, create: Session | None = None) -> None:
+    def __init__(
+        self,
+        change: Change[T] | None = None,
+        create: Session | None = None,
+        *,
+        checked: bool = False,
+    ) -> None:
         self.change = change
         self.create = create
+        # Made only on the record as Redis holds it (never held on a copy while Redis is
+        # away): what it decides is told to people at once (an alert, a reminder).
+        self.checked = checked
         self.session: Session | None = None
         self.result: T | None = None
         self.done = False  # its event may answer: written, held while Redis is away, or gone
@@ -88,6 +97,9 @@ class MemoryStore:
         # A record read and never changed here is as much in memory as one written here.
         self._used: dict[str, int] = {}
         self.deadlines: MemoryDeadlines | RedisDeadlines = MemoryDeadlines()
+        # Whether a change is written at once (with Redis: not while it is away or its data is
+        # being written back; changes are then held).
+        self.available = True
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -120,27 +132,31 @@ class MemoryStore:
     async def create(self, token: str, session: Session) -> None:
         await self._apply(token, _Op(create=session))
 
-    async def update(self, token: str, change: Change[T]) -> tuple[Session, T] | None:
+    async def update(
+        self, token: str, change: Change[T], *, checked: bool = False
+    ) -> tuple[Session, T] | None:
         """Apply a pure change to the current record and persist it; None if there is no session.
 
         The change runs on the newest record with no await in between, so concurrent events in
         this process never lose each other's updates (nor, with Redis, those of other instances:
-        see RedisPersistence).
+        see RedisPersistence). `checked`: the change is made on the record as Redis holds it or
+        not at all (StoreUnavailable), never held on a copy that may be stale.
         """
         if await self.load(token) is None:
             return None
         current = self._sessions.get(token)
         if current is None:
             return None
-        op: _Op[T] = _Op(change)
+        op: _Op[T] = _Op(change, checked=checked)
         if not await self._apply(token, op):
             return None
         assert op.session is not None
         return op.session, op.result  # type: ignore[return-value]  # set with the session
 
-    async def current(self, token: str) -> Session | None:
-        """The record, checked against Redis (another instance may have changed it)."""
-        updated = await self.update(token, _unchanged)
+    async def current(self, token: str, *, checked: bool = False) -> Session | None:
+        """The record, checked against Redis (another instance may have changed it); while
+        Redis is away the copy held here, unless `checked` (then StoreUnavailable)."""
+        updated = await self.update(token, _unchanged, checked=checked)
         return updated[0] if updated is not None else None
 
     async def _apply(self, token: str, op: _Op[Any]) -> bool:
