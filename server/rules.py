@@ -31,7 +31,13 @@ def timers_armed(session: Session) -> bool:
 
 
 def check_in(session: Session, now: int) -> Session:
-    """A sign of life: clears a pending alert and, when timers are set, restarts them from now."""
+    """A sign of life: clears a pending alert and, when timers are set, restarts them from now.
+
+    A check-in older than the one recorded changes nothing: made again on a newer record (a
+    change held while Redis was away, replayed after another instance's), it must not move
+    the last check-in, or the deadlines, back."""
+    if session.last_check_in is not None and now <= session.last_check_in:
+        return session
     if not timers_armed(session):
         return replace(session, last_check_in=now, pending_alert=None)
     assert session.reminder_time_minutes is not None and session.alert_time_minutes is not None
@@ -208,4 +214,5 @@ def reminder_due(session: Session, due: int, now: int) -> bool:
 
 def check_in_clearing(session: Session, now: int) -> tuple[Session, int | float | None]:
     """check_in, reporting the pending alert it cleared (for the all-clear)."""
-    return check_in(session, now), session.pending_alert
+    after = check_in(session, now)
+    return after, session.pending_alert if after is not session else None

@@ -432,3 +432,30 @@ async def test_an_instance_holding_changes_decides_no_alert_on_its_own_copy(
         with pytest.raises(StoreUnavailable):
             await b.update(token, lambda s: rules.fire_alert(s, START + 3 * MIN), checked=True)
         assert b.held == 1  # nothing held for it
+
+
+async def test_an_older_check_in_held_elsewhere_never_undoes_a_newer_one(
+    redis_server: RedisServer,
+) -> None:
+    # Found by the chaos run: B confirmed a check-in while Redis was away; after Redis came
+    # back, the app checked in again through A. B's held check-in, made again on A's record,
+    # put the last check-in (and the deadlines) back to the older time.
+    clock = FakeClock()
+    async with two_stores(redis_server, RedisStore, RedisStore, clock) as (client, a, b):
+        for store in (a, b):
+            await store.instances.check()
+        token = secrets.token_hex(32)
+        await a.create(token, armed(START + 2 * MIN))
+        assert await b.load(token) is not None
+
+        redis_server.kill()
+        assert await b.update(token, lambda s: (rules.check_in(s, START + 1_000), None))
+        assert b.held == 1
+        await asyncio.to_thread(redis_server.start)
+        assert await a.update(token, lambda s: (rules.check_in(s, START + 2_000), None))
+
+        await eventually(b.instances.check, bool, within=5)
+        await eventually(lambda: asyncio.sleep(0, b.held), lambda held: held == 0, within=10)
+        record = await stored_session(client, token)
+        assert record is not None and record.last_check_in == START + 2_000
+        assert record.alert_time_end == START + 2_000 + 2 * MIN

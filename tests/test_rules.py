@@ -34,6 +34,17 @@ def test_a_check_in_restarts_armed_timers_from_now() -> None:
     }
 
 
+def test_an_older_check_in_made_again_on_a_newer_record_changes_nothing() -> None:
+    # Two instances held a check-in each while Redis was away; replayed in either order, the
+    # record keeps the newest (found by the chaos run: a confirmed check-in was undone).
+    newer = rules.check_in(armed(last_check_in=NOW - 99 * MIN, pending_alert=NOW - MIN), NOW)
+    assert rules.check_in(newer, NOW - 1_000) is newer
+    assert rules.check_in_clearing(newer, NOW - 1_000) == (newer, None)
+    older_first = rules.check_in(rules.check_in(armed(last_check_in=0), NOW - 1_000), NOW)
+    assert older_first.last_check_in == NOW
+    assert older_first.alert_time_end == newer.alert_time_end
+
+
 def test_timers_count_from_the_last_check_in_when_there_is_one() -> None:
     session = rules.set_timers(Session(last_check_in=NOW - MIN), 0.5, 2, NOW)
     assert session.settings_configured
