@@ -128,8 +128,13 @@ class Codes:
         # Paired codes whose app left from here, while their app may take them back (the grace
         # time): written back too if Redis loses its data, and looked up here while it is away.
         self._left_here: dict[str, PendingCode] = {}
+        # Codes whose socket left while Redis was away: Redis still names the socket as owner,
+        # so they are released there once it answers (else the app's next socket would find
+        # its own code in use).
+        self._unreleased: dict[str, tuple[Seen, PendingCode]] = {}
         self._marker: str | None = None  # Redis's data marker when this instance looked
         self._restoring: asyncio.Task[None] | None = None
+        self._releasing: asyncio.Task[None] | None = None
         if redis is not None:
             instances.listeners.append(self)
 
@@ -286,6 +291,7 @@ class Codes:
                 if not owned:
                     del self._owned[before.tracked_sid]
         entry = after.entry
+        self._unreleased.pop(after.code, None)  # changed in Redis since
         if entry is None or entry.tracked_sid is not None:
             self._left_here.pop(after.code, None)  # gone, or someone's again
         if entry is not None and entry.tracked_sid is not None:
@@ -296,8 +302,23 @@ class Codes:
         """A heartbeat went through; a new data marker means Redis lost this instance's codes."""
         if self._marker is None:
             self._marker = marker
-        elif marker != self._marker and (self._restoring is None or self._restoring.done()):
-            self._restoring = asyncio.create_task(self._restore(marker), name="codes-restore")
+        elif marker != self._marker:
+            if self._restoring is None or self._restoring.done():
+                self._restoring = asyncio.create_task(self._restore(marker), name="codes-restore")
+            return
+        if self._unreleased and (self._releasing is None or self._releasing.done()):
+            self._releasing = asyncio.create_task(self._release_again(), name="codes-release")
+
+    async def _release_again(self) -> None:
+        """Release in Redis the codes whose socket left while it was away (as this instance
+        last wrote them: one changed elsewhere since is left as it is)."""
+        changes = list(self._unreleased.values())
+        done = await self._swap_all(changes)
+        if done is None:
+            return  # still away: at the next heartbeat
+        for seen, _ in changes:
+            if self._unreleased.get(seen.code, (None,))[0] is seen:
+                del self._unreleased[seen.code]
 
     def beat_failed(self, exc: BaseException) -> None:
         pass  # nothing to do until Redis answers
@@ -322,6 +343,7 @@ class Codes:
         except Exception:
             log.exception("Writing back the pairing codes failed: retrying at the next heartbeat")
             return
+        self._unreleased.clear()  # written back as left, or not at all (pending ones)
         self._marker = marker
         log.warning(
             "Redis lost its data: wrote back %d pairing codes of apps connected here or just "
@@ -358,6 +380,15 @@ class Codes:
         for _ in range(3):
             changes = [(seen, _left(seen.entry, now)) for seen in mine if seen.entry is not None]
             done = await self._swap_all(changes)
+            if done is None:
+                # Redis is away: what this instance wrote last stands, left from here (a paired
+                # one is written back, or given back to its app, from that).
+                for seen, left in changes:
+                    owned.append(left)
+                    self._unreleased[seen.code] = (seen, left)
+                    if left.paired:
+                        self._left_here[seen.code] = left
+                break
             again = []
             for (seen, left), ok in zip(changes, done, strict=True):
                 if ok and seen.entry is not None:
@@ -366,16 +397,23 @@ class Codes:
                         self._left_here[seen.code] = left
                 elif not ok:
                     again.append(seen.code)
-            mine = [
-                seen
-                for seen in await self._get_all(again)
-                if seen.entry is not None and seen.entry.tracked_sid == sid
-            ]
+            lefts = {seen.code: left for seen, left in changes}
+            mine = []
+            for seen in await self._get_all(again):
+                if seen.entry is None:
+                    # Gone from Redis (it lost its data; the heartbeat has not seen it yet):
+                    # left from here, so the write-back that follows includes it.
+                    left = lefts[seen.code]
+                    owned.append(left)
+                    if left.paired:
+                        self._left_here[seen.code] = left
+                elif seen.entry.tracked_sid == sid:
+                    mine.append(seen)
         self._owned.pop(sid, None)
         return owned
 
-    async def _swap_all(self, changes: list[tuple[Seen, PendingCode]]) -> list[bool]:
-        """Swap every code in one round trip; whether each went through."""
+    async def _swap_all(self, changes: list[tuple[Seen, PendingCode]]) -> list[bool] | None:
+        """Swap every code in one round trip; whether each went through (None: Redis away)."""
         if not changes:
             return []
         assert self._redis is not None
@@ -386,7 +424,7 @@ class Codes:
                 answers = await pipe.execute(raise_on_error=False)
         except (RedisError, OSError) as exc:
             log.warning("Releasing codes in Redis failed (%s)", exc)
-            return [False] * len(changes)
+            return None
         done = []
         for (seen, entry), answer in zip(changes, answers, strict=True):
             ok = (

@@ -5,7 +5,8 @@ instances to push it to their sockets now. What PLATFORM.md warns of is handled 
 the server's one Redis client (a blocking pool with retries) instead of building its own with
 the raising pool, never builds a second pool on an error (a failed publish is counted, logged
 once per outage and dropped: the app learns on reconnect what it missed), and its listener
-comes back within 0.25 s of Redis, not 60 s, and hands its connection back to the pool when it fails.
+comes back within 0.25 s of Redis, not 60 s, and hands its connection back to the pool when it
+fails.
 
 A socket id names its instance: an event for one socket is published when that instance is
 another one not known dead (one just started, not heard of yet, included). An event for a room

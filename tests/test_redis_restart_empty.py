@@ -459,3 +459,53 @@ async def test_an_older_check_in_held_elsewhere_never_undoes_a_newer_one(
         record = await stored_session(client, token)
         assert record is not None and record.last_check_in == START + 2_000
         assert record.alert_time_end == START + 2_000 + 2 * MIN
+
+
+async def test_an_app_that_left_while_redis_was_away_gets_its_session_back_after_it_lost_its_data(
+    node: NodeDriver, start_server: Any, redis_server: RedisServer, redis_client: aioredis.Redis
+) -> None:
+    # Found by the chaos run (seed 104): the app dropped while Redis was restarting; the
+    # release of its code failed, and the code was forgotten here, so it was not written back
+    # and the app's next registration got a fresh, unpaired code.
+    server = await start_server(redis_url=redis_server.url)
+    p = await pair(node, server.url, "websocket")
+    redis_server.kill()
+    await p.tracked.disconnect()
+    await asyncio.to_thread(redis_server.start)
+
+    async def code_stored() -> int:
+        try:
+            return int(await redis_client.exists(f"code:{p.code}"))
+        except (RedisError, OSError):
+            return 0
+
+    await eventually(code_stored, lambda n: n == 1, within=WRITTEN_BACK_WITHIN_S + 2)
+    again = await node.connect(server.url, "websocket")
+    _, reply = await register(again, p.code)
+    assert reply.get("sessionToken") == p.token
+
+
+async def test_an_app_that_left_while_redis_was_away_gets_its_session_back_on_another_instance(
+    node: NodeDriver, start_server: Any, make_redis_server: Any
+) -> None:
+    # Redis keeps its data (append-only file) through the outage, but the release of the code
+    # failed: Redis still named the app's old socket on A, a live instance, as its owner, and
+    # the app registering its code on B was told it was in use.
+    store = make_redis_server(appendonly=True)
+    a = await start_server(store.url)
+    b = await start_server(store.url)
+    p = await pair(node, a.url, "websocket")
+    store.kill()
+    await p.tracked.disconnect()
+    await asyncio.sleep(0.5)  # A tried to release the code and could not
+    store.start()
+    for server in (a, b):
+        await eventually(
+            lambda server=server: scrape(server.url),
+            lambda s: value(s, "alliswell_redis_up") == 1,
+            within=15,
+        )
+    await asyncio.sleep(1.5)  # a heartbeat of A's with Redis back
+    again = await node.connect(b.url, "websocket")
+    _, reply = await register(again, p.code)
+    assert reply.get("sessionToken") == p.token
