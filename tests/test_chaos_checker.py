@@ -240,6 +240,35 @@ def test_an_app_refused_its_own_code_after_its_old_socket_left_fails() -> None:
     assert checker.own_code_reregisters(h).ok
 
 
+def test_refusals_while_the_killed_owner_is_not_yet_known_dead_are_excused() -> None:
+    # Seed 204: the socket holding the code died with its instance (kill -9); the app's next
+    # sockets were refused until the others noticed (5 s), one of them closing normally
+    # meanwhile. That socket never held the code: the 7 s count from the owner's death.
+    h = story()
+    h.faults = [FaultRecord("kill9", T0 + 600, T0 + 900, 0)]
+    h.entries += [
+        at(600, APP, DISCONNECT, APP_SID),
+        at(700, APP, CONNECT, "inst.app2"),
+        at(710, APP, SENT, "inst.app2", "registerCode", CODE),
+        at(720, APP, RECV, "inst.app2", "error", errors.CODE_IN_USE, None, "registerCode"),
+        at(2_600, APP, DISCONNECT, "inst.app2"),
+        at(3_500, APP, CONNECT, "inst.app3"),
+        at(3_510, APP, SENT, "inst.app3", "registerCode", CODE),
+        at(3_520, APP, RECV, "inst.app3", "error", errors.CODE_IN_USE, None, "registerCode"),
+    ]
+    for entry in h.entries:
+        if entry.sid == APP_SID and entry.t > T0 + 600:
+            entry.sid = "inst.app3"
+    h.entries.sort(key=lambda e: e.t)
+    assert checker.own_code_reregisters(h).ok
+    # Past the 7 s: a fault of the checker's own making would hide a real ghost.
+    late = [e for e in h.entries if e.sid == "inst.app3" and e.t < T0 + 4_000]
+    for entry in late:
+        entry.t += 7_000
+    h.entries.sort(key=lambda e: e.t)
+    fails(checker.own_code_reregisters, h, "+10.5s", "closed +0.6s")
+
+
 def test_a_paired_code_registered_without_its_session_fails() -> None:
     h = story()
     final = next(e for e in h.entries if e.phase == FINAL and e.kind == RECV)

@@ -231,10 +231,12 @@ def codes_owned_by_live_sockets(h: History) -> Verdict:
 
 
 def own_code_reregisters(h: History) -> Verdict:
-    """An app can always register its own code again: never `Code already in use` once its
-    earlier sockets are gone (1 s after they closed; 7 s when their instance died, which the
-    others notice within 5 s); and at the end each app registers it and gets codeRegistered."""
+    """An app can always register its own code again: never `Code already in use` once the
+    earlier sockets that held it are gone (1 s after they closed; 7 s when their instance died,
+    which the others notice within 5 s), or while another of its sockets is open; and at the
+    end each app registers it and gets codeRegistered."""
     view = View(h)
+    holders = _code_holders(h)
     evidence = []
     for entry in h.entries:
         if entry.kind != RECV or entry.payload != errors.CODE_IN_USE:
@@ -248,7 +250,11 @@ def own_code_reregisters(h: History) -> Verdict:
         ]
         if any(s.opened < asked and s.open_through(asked) for s in earlier):
             continue  # another of its sockets is still open: in use indeed
-        closed = max((s.closed or 0 for s in earlier if s.opened < asked), default=0)
+        # The sockets that held the code: one refused it meanwhile never owned it.
+        closed = max(
+            (s.closed or 0 for s in earlier if s.opened < asked and s.sid in holders),
+            default=0,
+        )
         died = any(
             f.kind in INSTANCE_FAULTS and f.start - 1_000 <= closed <= f.end + 1_000
             for f in h.faults
@@ -280,6 +286,20 @@ def own_code_reregisters(h: History) -> Verdict:
                 f"{replies[0].event} {replies[0].payload!r}"
             )
     return _verdict("each app re-registers its own code", len(h.codes), evidence)
+
+
+def _code_holders(h: History) -> set[str]:
+    """Sockets that held their app's code: it was registered on them, or they reconnected as
+    the tracked app of its session."""
+    return {
+        e.sid
+        for e in h.entries
+        if e.kind == RECV and e.sid is not None and e.client in h.codes
+        if (e.event == "codeRegistered" and isinstance(e.payload, dict))
+        and e.payload.get("code") == h.codes[e.client]
+        or (e.event == "sessionReconnected" and isinstance(e.payload, dict))
+        and e.payload.get("role") == "tracked"
+    }
 
 
 def checkin_heard_once(h: History) -> Verdict:
