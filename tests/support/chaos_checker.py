@@ -291,15 +291,16 @@ def own_code_reregisters(h: History) -> Verdict:
 def _code_holders(h: History) -> set[str]:
     """Sockets that held their app's code: it was registered on them, or they reconnected as
     the tracked app of its session."""
-    return {
-        e.sid
-        for e in h.entries
-        if e.kind == RECV and e.sid is not None and e.client in h.codes
-        if (e.event == "codeRegistered" and isinstance(e.payload, dict))
-        and e.payload.get("code") == h.codes[e.client]
-        or (e.event == "sessionReconnected" and isinstance(e.payload, dict))
-        and e.payload.get("role") == "tracked"
-    }
+    holders = set()
+    for e in h.entries:
+        if e.kind != RECV or e.sid is None or e.client not in h.codes:
+            continue
+        payload = e.payload if isinstance(e.payload, dict) else {}
+        if (e.event == "codeRegistered" and payload.get("code") == h.codes[e.client]) or (
+            e.event == "sessionReconnected" and payload.get("role") == "tracked"
+        ):
+            holders.add(e.sid)
+    return holders
 
 
 def checkin_heard_once(h: History) -> Verdict:
