@@ -210,7 +210,7 @@ class RedisPersistence(_StoreBase):
         await self._redis.aclose()
 
     async def _fetch(self, token: str) -> Session | None:
-        if not self.available:
+        if not self.available and not self.answering:
             raise StoreUnavailable
         try:
             raw = await self._redis.get(keys.session(token))
@@ -223,6 +223,28 @@ class RedisPersistence(_StoreBase):
         if session is not None:
             log.info("Session restored from Redis: %s", token_ref(token))
         return session
+
+    async def _refresh(self, token: str) -> None:
+        """Redis answers again but this instance still holds its changes (the moment after an
+        outage, or the write-back after a loss of data): a change is held on the newer record
+        if another instance wrote one meanwhile (more writes), so what the event answers is
+        not older than what Redis already holds. Never an older copy: that would undo writes
+        of this instance that the write-back puts back."""
+        try:
+            raw = await self._redis.get(keys.session(token))
+        except (RedisError, OSError):
+            return
+        if raw is None:
+            return
+        raw = raw if isinstance(raw, bytes) else raw.encode()
+        seen = self._seen.get(token)
+        mine = seen[1] if seen is not None else self._sessions.get(token)
+        try:
+            theirs = decode_record(raw)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return
+        if mine is None or theirs.revision > mine.revision:
+            self._remake(token, raw)
 
     def _decode(self, token: str, raw: bytes) -> Session | None:
         """A record read from Redis, remembered as seen unless a newer one is (another load)."""
@@ -244,6 +266,8 @@ class RedisPersistence(_StoreBase):
             # A copy not checked against Redis (away, or its data being written back): what
             # the change decides could be told on a stale record.
             raise StoreUnavailable
+        if not self.available and self.answering:
+            await self._refresh(token)
         current = self._sessions.get(token)
         if op.apply(current, self._is_live) is not current and op.session is not None:
             self._remember(token, op.session)
@@ -280,9 +304,13 @@ class RedisPersistence(_StoreBase):
                 tokens, self._pending = self._pending, set()
                 done, self._batch = self._batch, asyncio.get_running_loop().create_future()
                 try:
-                    if not self.available:
-                        raise RedisConnectionError("Redis went away before the write")
-                    self._pending.update(await self._write(tokens))
+                    if self.available:
+                        self._pending.update(await self._write(tokens))
+                    else:
+                        # Held for the recovery: Redis is away, or answers again while the
+                        # write-back is under way (nothing failed: it still answers).
+                        self._hold(tokens)
+                        self._recover_soon()
                 except (RedisError, OSError) as exc:
                     self._hold(tokens)
                     self._lost(exc)
@@ -452,6 +480,9 @@ class RedisPersistence(_StoreBase):
                     cause(exc),
                 )
         self.available = self.answering = False
+        self._recover_soon()
+
+    def _recover_soon(self) -> None:
         if self._recovery is None or self._recovery.done():
             self._recovery = asyncio.create_task(self._recover(), name="redis-recovery")
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from msgspec.structs import replace
 from redis.exceptions import RedisError
 
 from server import keys, rules
@@ -382,6 +383,11 @@ async def test_no_alert_is_decided_on_a_stale_copy_written_back_after_redis_lost
         clock.now = START + 3 * MIN  # the old alert is due, the new one (START + 3.5 min) not
         await asyncio.to_thread(redis_server.start)
 
+        # B sees the loss first and writes back (its old deadline with it); A half a second
+        # later: B's writes may go first after the pause, A's check-in after.
+        await eventually(b.instances.check, bool, within=5)
+        await asyncio.sleep(0.5)
+
         async def settled() -> bool:
             # B's scheduler runs all along, as it would.
             await alerts_b.run_once()
@@ -509,3 +515,38 @@ async def test_an_app_that_left_while_redis_was_away_gets_its_session_back_on_an
     again = await node.connect(b.url, "websocket")
     _, reply = await register(again, p.code)
     assert reply.get("sessionToken") == p.token
+
+
+async def test_a_change_held_after_redis_is_back_is_made_on_the_newer_record_there(
+    redis_server: RedisServer,
+) -> None:
+    # Found by the chaos run (seed 201): in the moment after Redis came back empty, while this
+    # instance still held its changes (the write-back pause), a tracker rejoined here and was
+    # answered from the copy held here, without the check-in another instance had just written.
+    clock = FakeClock()
+    async with two_stores(redis_server, RedisStore, RedisStore, clock) as (client, a, _):
+        await a.instances.check()
+        token = secrets.token_hex(32)
+        await a.create(token, armed(START + 2 * MIN))
+        redis_server.kill()
+        assert await a.update(token, lambda s: (rules.set_timers(s, 1, 3, START + 500), None))
+        assert a.held == 1
+        await asyncio.to_thread(redis_server.start)
+        await eventually(a.instances.check, bool, within=5)  # A writes back its copy
+        mine = await eventually(
+            lambda: stored_session(client, token), lambda r: r is not None, within=5
+        )
+        assert mine is not None and not a.available  # still holding: the pause
+        # Another instance checks in on the record A wrote back (one write more).
+        theirs = rules.check_in(mine, START + 5_000)
+        await client.set(keys.session(token), _encode(replace(theirs, revision=mine.revision + 1)))
+
+        updated = await a.update(token, lambda s: (s, s.last_check_in))
+        assert updated is not None and updated[1] == START + 5_000
+        assert updated[0].alert_time_minutes == 3  # and A's held change made on it
+        record = await eventually(
+            lambda: stored_session(client, token),
+            lambda r: r is not None and r.alert_time_minutes == 3,
+            within=10,
+        )
+        assert record is not None and record.last_check_in == START + 5_000
