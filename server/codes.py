@@ -306,8 +306,53 @@ class Codes:
             if self._restoring is None or self._restoring.done():
                 self._restoring = asyncio.create_task(self._restore(marker), name="codes-restore")
             return
-        if self._unreleased and (self._releasing is None or self._releasing.done()):
-            self._releasing = asyncio.create_task(self._release_again(), name="codes-release")
+        if (self._unreleased or len(self._local)) and self._available():
+            if self._releasing is None or self._releasing.done():
+                self._releasing = asyncio.create_task(self._settle(), name="codes-settle")
+
+    async def _settle(self) -> None:
+        """Redis answers again after an outage: what this process did alone goes there."""
+        try:
+            await self._release_again()
+            await self._hand_back()
+        except (RedisError, OSError) as exc:
+            log.debug("Codes not settled in Redis yet (%s): at the next heartbeat", exc)
+
+    async def _hand_back(self) -> tuple[int, int]:
+        """The codes this process decided alone while Redis was away (registered, or given
+        back to their app, here) go to Redis, where every instance finds them (the app may
+        come back through another): where Redis has none, or the same pairing or owner (this
+        one is newer). A code another pairing took there meanwhile stays theirs; this one's
+        app registers again. Returns how many went, and how many were taken."""
+        written = taken = 0
+        assert self._redis is not None
+        for entry in self._local.entries():
+            there = self._seen(entry.code, await self._redis.get(keys.code(entry.code)))
+            ours = there.entry is None or (
+                (entry.session_token is not None)
+                and there.entry.session_token == entry.session_token
+            )
+            ours = ours or (
+                there.entry is not None
+                and entry.tracked_sid is not None
+                and there.entry.tracked_sid == entry.tracked_sid
+            )
+            try:
+                went = ours and await self._swap_entry(there, entry) is not None
+            except TooManyPending:
+                went = False
+            if self._local.get(entry.code) is entry:
+                self._local.delete(entry.code)  # Redis decides about it from now on
+            written += went
+            taken += not went
+        if written or taken:
+            log.info(
+                "Pairing codes made here while Redis was away are in Redis again: %d (%d taken "
+                "there meanwhile)",
+                written,
+                taken,
+            )
+        return written, taken
 
     async def _release_again(self) -> None:
         """Release in Redis the codes whose socket left while it was away (as this instance
@@ -340,9 +385,13 @@ class Codes:
                     written += 1
                 else:
                     taken += 1
+            # And those decided here while Redis was away (an app re-registering its code).
+            local_written, local_taken = await self._hand_back()
         except Exception:
             log.exception("Writing back the pairing codes failed: retrying at the next heartbeat")
             return
+        written += local_written
+        taken += local_taken
         self._unreleased.clear()  # written back as left, or not at all (pending ones)
         self._marker = marker
         log.warning(

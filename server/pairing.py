@@ -92,6 +92,9 @@ class CodeBook:
     def get(self, code: str) -> PendingCode | None:
         return self._codes.get(code)
 
+    def entries(self) -> list[PendingCode]:
+        return list(self._codes.values())
+
     def for_token(self, token: str) -> PendingCode | None:
         code = self._by_token.get(token)
         return self._codes.get(code) if code is not None else None

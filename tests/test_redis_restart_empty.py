@@ -550,3 +550,40 @@ async def test_a_change_held_after_redis_is_back_is_made_on_the_newer_record_the
             within=10,
         )
         assert record is not None and record.last_check_in == START + 5_000
+
+
+@pytest.mark.parametrize("emptied", [True, False], ids=["restarted-empty", "kept-its-data"])
+async def test_a_code_registered_again_while_redis_was_away_outlives_its_instance(
+    node: NodeDriver, start_server: Any, make_redis_server: Any, emptied: bool
+) -> None:
+    # Found by the chaos run (seed 201): the app re-registered its paired code on A while
+    # Redis was away (decided in A alone); Redis came back; A was then stopped, and the app,
+    # now on B, got a fresh code: A had never handed its decision to Redis.
+    store = make_redis_server(appendonly=not emptied)
+    a = await start_server(store.url)
+    b = await start_server(store.url)
+    p = await pair(node, a.url, "websocket")
+    store.kill()
+    await p.tracked.disconnect()
+    again = await node.connect(a.url, "websocket")
+    _, reply = await register(again, p.code)
+    assert reply.get("sessionToken") == p.token  # from A's memory
+    store.start()
+    client = aioredis.from_url(store.url)
+
+    async def owner() -> object:
+        try:
+            raw = await client.get(f"code:{p.code}")
+        except (RedisError, OSError):
+            return None
+        return json.loads(raw).get("tracked_sid") if raw else None
+
+    try:
+        await eventually(owner, lambda sid: sid == again.sid, within=10)
+    finally:
+        await client.aclose()
+    await again.disconnect()
+    await asyncio.to_thread(a.stop)
+    last = await node.connect(b.url, "websocket")
+    _, reply = await register(last, p.code)
+    assert reply.get("sessionToken") == p.token
