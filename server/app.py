@@ -178,6 +178,7 @@ def create_app(settings: Settings, clock: Clock = wall_ms) -> web.Application:
         trackers_per_session=settings.trackers_per_session,
     )
     events.attach()
+    shared.bindings.watch(shared.instances, events.presence, store.records)
     if isinstance(store, RedisPersistence):
         store.on_crash = metrics.task_crashed
     app[SIO] = sio

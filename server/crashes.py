@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Iterable
 from typing import Final
 
 from redis import asyncio as aioredis
@@ -25,7 +25,8 @@ from redis.exceptions import RedisError
 from . import keys
 from .instances import Instances, owner
 from .logs import token_ref
-from .presence import Role
+from .models import Session
+from .presence import Presence, Role
 from .store import StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,60 @@ class Bindings:
 
     def __init__(self, redis: aioredis.Redis | None = None) -> None:
         self._redis = redis
+        self._presence: Presence | None = None
+        self._records: Callable[[], Iterable[tuple[str, Session]]] = list
+        self._marker: str | None = None
+        self._restoring: asyncio.Task[None] | None = None
+
+    def watch(
+        self,
+        instances: Instances,
+        presence: Presence,
+        records: Callable[[], Iterable[tuple[str, Session]]],
+    ) -> None:
+        """Write bindings back when Redis loses its data: this instance's sockets (`presence`),
+        and every socket the records held here name (a tracked app paired from another
+        instance is bound there by the tracker's). Else a crash of their instance after that
+        would go untold."""
+        if self._redis is not None:
+            self._presence = presence
+            self._records = records
+            instances.listeners.append(self)
+
+    def beat_ok(self, marker: str) -> None:
+        if self._marker is None:
+            self._marker = marker
+        elif marker != self._marker and (self._restoring is None or self._restoring.done()):
+            self._restoring = asyncio.create_task(self._restore(marker), name="bindings-restore")
+
+    def beat_failed(self, exc: BaseException) -> None:
+        pass  # nothing to do until Redis answers
+
+    async def _restore(self, marker: str) -> None:
+        assert self._redis is not None and self._presence is not None
+        found: list[tuple[str, str, Role]] = [
+            (sid, token, role) for sid, bound in self._presence.items() for token, role in bound
+        ]
+        for token, session in self._records():
+            if session.tracked_socket_id is not None:
+                found.append((session.tracked_socket_id, token, Role.TRACKED))
+            found += [(sid, token, Role.TRACKER) for sid in session.tracker_socket_ids]
+        by_instance: dict[str, set[str]] = defaultdict(set)
+        for sid, token, role in found:
+            instance = owner(sid)
+            if instance is not None:
+                by_instance[instance].add(binding(sid, token, role))
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for instance, members in by_instance.items():
+                    key = keys.instance_sessions(instance)
+                    pipe.sadd(key, *members)
+                    pipe.expire(key, keys.SESSION_TTL_SECONDS)
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            log.warning("Bindings not written back (%s): at the next heartbeat", exc)
+            return
+        self._marker = marker
 
     async def bound(self, sid: str, token: str, role: Role) -> None:
         instance = owner(sid)

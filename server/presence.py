@@ -31,3 +31,6 @@ class Presence:
 
     def pop(self, sid: str) -> set[tuple[str, Role]]:
         return self._bindings.pop(sid, set())
+
+    def items(self) -> list[tuple[str, set[tuple[str, Role]]]]:
+        return list(self._bindings.items())

@@ -117,6 +117,10 @@ class MemoryStore:
     def cached(self, token: str) -> Session | None:
         return self._sessions.get(token)
 
+    def records(self) -> list[tuple[str, Session]]:
+        """Every record held here (a snapshot)."""
+        return list(self._sessions.items())
+
     async def load(self, token: str) -> Session | None:
         session = self._sessions.get(token)
         if session is not None:

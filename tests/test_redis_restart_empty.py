@@ -587,3 +587,38 @@ async def test_a_code_registered_again_while_redis_was_away_outlives_its_instanc
     last = await node.connect(b.url, "websocket")
     _, reply = await register(last, p.code)
     assert reply.get("sessionToken") == p.token
+
+
+async def test_a_crash_after_redis_lost_its_data_is_still_told(
+    node: NodeDriver, start_server: Any, redis_server: RedisServer, redis_client: aioredis.Redis
+) -> None:
+    # Found by the chaos run (seeds 208, 211): where each instance's sockets are bound was
+    # lost with Redis's data, so when that instance went away afterwards its sessions kept
+    # naming its sockets and nobody was told. Each instance writes its bindings back too.
+    a = await start_server(redis_url=redis_server.url)
+    b = await start_server(redis_url=redis_server.url)
+    tracked = await node.connect(a.url, "websocket")
+    code, _ = await register(tracked)
+    tracker = await node.connect(b.url, "websocket")
+    token = await track(tracked, tracker, code)
+    assert tracked.sid is not None
+    bindings = f"instance-sessions:{tracked.sid.split('.')[0]}"
+
+    redis_server.kill()
+    await asyncio.to_thread(redis_server.start)
+
+    async def bound() -> int:
+        try:
+            return int(await redis_client.exists(bindings))
+        except (RedisError, OSError):
+            return 0
+
+    await eventually(bound, lambda n: n == 1, within=WRITTEN_BACK_WITHIN_S + 2)
+    a.kill()
+    assert await tracker.expect("trackedPersonDisconnected", timeout=12) == []
+    record = await eventually(
+        lambda: stored_session(redis_client, token),
+        lambda r: r is not None and r.tracked_socket_id is None,
+        within=5,
+    )
+    assert record is not None
