@@ -318,6 +318,27 @@ def test_a_tracker_rejoining_without_the_last_check_in_fails() -> None:
     assert checker.checkin_heard_once(h).ok
 
 
+def test_a_rejoin_elsewhere_just_after_redis_came_back_empty_is_excused() -> None:
+    # Seed 201: the check-in was confirmed on one instance in the moment after Redis came
+    # back empty (held there while the copies were written back); a tracker rejoining through
+    # another instance then did not hear it. Documented, like Redis being away.
+    h = story()
+    rejoin = {"sessionToken": TOKEN, "role": "tracker"}
+    h.entries += [
+        at(2_000, TRACKER, CONNECT, "other.trk2"),
+        at(2_010, TRACKER, SENT, "other.trk2", "reconnectSession", rejoin, TOKEN),
+        at(2_020, TRACKER, RECV, "other.trk2", "sessionReconnected", rejoin, TOKEN,
+           "reconnectSession"),
+    ]  # fmt: skip
+    h.entries.sort(key=lambda e: e.t)
+    # Back 1.5 s before the check-in: Redis was not away then, but the copies were being
+    # written back.
+    h.faults = [FaultRecord("redis-restart", T0 - 5_000, T0 - 1_200)]
+    assert checker.checkin_heard_once(h).ok
+    h.faults = [FaultRecord("redis-restart", T0 - 9_000, T0 - 5_000)]  # long before
+    fails(checker.checkin_heard_once, h, "joined at +2.0s without hearing")
+
+
 def test_a_missed_check_in_that_never_reaches_a_connected_tracker_fails() -> None:
     h = story()
     drop(h, "checkInMissed")  # pending in the record, but nobody was told

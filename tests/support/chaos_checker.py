@@ -361,7 +361,8 @@ def checkin_heard_once(h: History) -> Verdict:
             ]
             confirmed_on = view.sockets.get(confirm.sid or "")
             across = confirmed_on is None or confirmed_on.instance != socket.instance
-            if not heard and across and view.redis_away(confirm.t - 1_000, entry.t):
+            held = view.redis_away(confirm.t - 1_000, entry.t) or view.rebasing(confirm.t)
+            if not heard and across and held:
                 excused += 1  # held in the other instance's memory while Redis was away
             elif not heard:
                 evidence.append(

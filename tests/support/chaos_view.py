@@ -19,6 +19,12 @@ from .chaos_history import (
     Snapshot,
 )
 
+# After Redis came back empty, each instance holds its changes until its copies are written
+# back and a pause for the others' is over (persistence.REBASE_SECONDS): a heartbeat (1.5 s),
+# the pause (2 s) and a margin. Changes confirmed then are in that instance's memory only, as
+# while Redis is away (docs/operations.md).
+REBASE_WINDOW_MS: Final = 4_000
+
 # How long after the fact a push may still arrive (a loaded 2-core machine), in ms.
 DELIVERY_MS: Final = 3_000
 # A deadline an instance had claimed when it died waits for its lease to run out (deadlines.py).
@@ -156,6 +162,15 @@ class View:
 
     def redis_away(self, start: int, end: int) -> bool:
         return any(a <= end and b >= start for a, b in self.h.redis_down())
+
+    def rebasing(self, t: int) -> bool:
+        """Whether `t` falls in the moment after Redis came back empty in which instances hold
+        their changes while the copies are written back."""
+        return any(
+            f.end <= t <= f.end + REBASE_WINDOW_MS
+            for f in self.h.faults
+            if f.kind == "redis-restart"
+        )
 
 
 def role_of(entry: Entry) -> str | None:
