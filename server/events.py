@@ -184,6 +184,16 @@ class Events:
         finally:
             await attempt.settle()
 
+    def _own_session_of(self, sid: str, code: str) -> str | None:
+        """The session this socket proved to be the tracked app of (reconnectSession) that was
+        paired with `code`: registering it again resumes that session even where the code's
+        own entry is gone (lost with Redis's data, or retired)."""
+        for token in self.presence.sessions(sid, Role.TRACKED):
+            session = self.store.cached(token)
+            if session is not None and session.code == code:
+                return token
+        return None
+
     async def _settle(
         self, event: str, attempt: Callable[[str, str], Awaitable[bool]], sid: str, code: str
     ) -> None:
@@ -204,6 +214,8 @@ class Events:
             await self._refuse(sid, None, errors.TOO_MANY_ATTEMPTS, "registerCode")
             return True
         claim, entry = register(seen.entry, code, sid, attempt.address, now, self.code_grace_ms)
+        if claim is Claim.FRESH and (token := self._own_session_of(sid, code)) is not None:
+            claim, entry = Claim.RESUMED, replace(entry, session_token=token)
         if claim is Claim.IN_USE:
             log.info(
                 "registerCode from %s refused: code held by another socket",
@@ -304,7 +316,9 @@ class Events:
     async def _pair(self, entry: PendingCode, seen: Seen, sid: str) -> tuple[str, Session] | None:
         """The first tracker: a new session, linked to the code unless another won the race."""
         token = rules.new_token()
-        session = Session(tracked_socket_id=entry.tracked_sid, tracker_socket_ids=(sid,))
+        session = Session(
+            tracked_socket_id=entry.tracked_sid, tracker_socket_ids=(sid,), code=entry.code
+        )
         await self.store.create(token, session)
         if await self.codes.put(replace(entry, session_token=token), seen) is None:
             await self.store.discard(token)

@@ -42,6 +42,10 @@ class Session(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     # copies the one with more writes is the newer: after Redis lost its data, the instance
     # holding the newest copy wins the write-back (the Node server ignores the field).
     revision: int = 0
+    # Beyond: the code that paired it. The tracked app that proved the token (reconnectSession)
+    # and registers this code again gets its session back, also when the code's own entry was
+    # lost (Redis restarted empty after the instance that held it went away) or retired.
+    code: str | None = None
 
 
 class ReconnectSession(msgspec.Struct, frozen=True, rename="camel"):

@@ -25,6 +25,10 @@ class Presence:
     def bind(self, sid: str, token: str, role: Role) -> None:
         self._bindings.setdefault(sid, set()).add((token, role))
 
+    def sessions(self, sid: str, role: Role) -> list[str]:
+        """The sessions the socket is bound to in that role."""
+        return [token for token, held in self._bindings.get(sid, ()) if held is role]
+
     def holds(self, sid: str, token: str, role: Role) -> bool:
         """Whether the socket is bound to the session in that role."""
         return (token, role) in self._bindings.get(sid, ())

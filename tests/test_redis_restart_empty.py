@@ -622,3 +622,30 @@ async def test_a_crash_after_redis_lost_its_data_is_still_told(
         within=5,
     )
     assert record is not None
+
+
+async def test_the_tracked_app_gets_its_session_back_with_its_code_once_the_code_was_lost(
+    node: NodeDriver, start_server: Any, redis_server: RedisServer, redis_client: aioredis.Redis
+) -> None:
+    # Found by the chaos run (seed 212): the instance holding the app's paired code was killed,
+    # then Redis restarted empty: nobody could write the code back, and the app, back with its
+    # token, registered its code and got a fresh, unpaired one. The record names its code.
+    server = await start_server(redis_url=redis_server.url)
+    p = await pair(node, server.url, "websocket")
+    await p.tracked.disconnect()
+    await p.tracker.expect("trackedPersonDisconnected")
+    await redis_client.delete(f"code:{p.code}", f"code-of:{p.token}")  # lost
+
+    stranger = await node.connect(server.url, "websocket")
+    _, reply = await register(stranger, p.code)
+    assert "sessionToken" not in reply  # a free code: nobody's session without the token
+    await stranger.disconnect()
+    await redis_client.delete(f"code:{p.code}")
+
+    again = await node.connect(server.url, "websocket")
+    again.emit("reconnectSession", {"sessionToken": p.token, "role": "tracked"})
+    await again.expect("sessionReconnected")
+    _, reply = await register(again, p.code)
+    assert reply.get("sessionToken") == p.token
+    second = await node.connect(server.url, "websocket")
+    assert await track(again, second, p.code) == p.token  # and trackers join it again
