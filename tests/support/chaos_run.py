@@ -261,13 +261,17 @@ class Run:
         )
 
     async def _probe_own_codes(self) -> None:
-        """Each tracked app, connected or not, registers its own code once more."""
+        """Each tracked app, connected or not, registers its own code once more; one that has
+        to connect first rejoins its session with its token before, as the app does."""
         for client in self.clients:
             if client.plan.role is not Role.TRACKED or client.plan.code is None:
                 continue
             client.phase = FINAL
             if not client.connected:
                 await client.connect(0, "websocket")
+                if client.token is not None:
+                    rejoin = {"sessionToken": client.token, "role": "tracked"}
+                    await client.request("reconnectSession", rejoin, client.token)
             await client.request("registerCode", client.plan.code, client.token)
 
 
