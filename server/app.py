@@ -127,7 +127,15 @@ def build_shared(settings: Settings, clock: Clock) -> Shared:
         store,
         AttemptLimiter(clock, limit, redis, available),
         RateLimiter(clock, registrations, redis, available),
-        Codes(clock, instances, grace_ms, redis, available, pending_per_address=per_address),
+        Codes(
+            clock,
+            instances,
+            grace_ms,
+            redis,
+            available,
+            pending_per_address=per_address,
+            records=store.records,
+        ),
         Relay(redis, instances),
         Bindings(redis),
     )

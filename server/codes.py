@@ -9,6 +9,7 @@ code at once cannot both win; the loser reads again and decides again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
@@ -21,8 +22,8 @@ from redis.exceptions import RedisError
 from . import keys
 from .clock import Clock
 from .instances import Instances
-from .models import PendingCode
-from .pairing import CodeBook, retired
+from .models import PendingCode, Session
+from .pairing import CODE_TTL_MS, CodeBook, retired
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +113,7 @@ class Codes:
         available: Callable[[], bool] = lambda: False,
         *,
         pending_per_address: int = 100,
+        records: Callable[[], list[tuple[str, Session]]] = list,
     ) -> None:
         self._local = CodeBook()
         self._clock = clock
@@ -120,6 +122,7 @@ class Codes:
         self._redis = redis
         self._available = available
         self._pending_per_address = pending_per_address
+        self._records = records  # the session records held here (store.records)
         self._swap = redis.register_script(_SWAP) if redis is not None else None
         # Codes in Redis owned by this instance's sockets, as this instance last wrote them:
         # to release them when their socket leaves (one round trip), to find its pending ones,
@@ -318,6 +321,38 @@ class Codes:
         except (RedisError, OSError) as exc:
             log.debug("Codes not settled in Redis yet (%s): at the next heartbeat", exc)
 
+    async def _restore_from_records(self) -> int:
+        """After a loss of data: each record held here names the code that paired it. Where
+        Redis has no entry for it, or only a pending one of the same app (its instance knew the
+        code before a tracker paired it elsewhere), it is written back paired to the session,
+        owned by the record's tracked socket (or left now). Returns how many."""
+        assert self._redis is not None
+        written = 0
+        now = self._clock()
+        for token, session in self._records():
+            if session.code is None:
+                continue
+            there = self._seen(session.code, await self._redis.get(keys.code(session.code)))
+            owner = session.tracked_socket_id
+            if owner is not None and not self._instances.is_live(owner):
+                owner = None
+            if there.entry is not None and (
+                there.entry.paired or there.entry.tracked_sid not in (owner, None)
+            ):
+                continue
+            entry = PendingCode(
+                code=session.code,
+                tracked_sid=owner,
+                expires_at=now + CODE_TTL_MS,
+                session_token=token,
+                left_at=None if owner is not None else now,
+                address=there.entry.address if there.entry is not None else None,
+            )
+            with contextlib.suppress(TooManyPending):
+                if await self._swap_entry(there, entry) is not None:
+                    written += 1
+        return written
+
     async def _hand_back(self) -> tuple[int, int]:
         """The codes this process decided alone while Redis was away (registered, or given
         back to their app, here) go to Redis, where every instance finds them (the app may
@@ -385,6 +420,9 @@ class Codes:
                     written += 1
                 else:
                     taken += 1
+            # The paired codes the records held here name (Session.code), paired: another
+            # instance may hold its app's socket, and only the pending code it registered.
+            written += await self._restore_from_records()
             # And those decided here while Redis was away (an app re-registering its code).
             local_written, local_taken = await self._hand_back()
         except Exception:

@@ -649,3 +649,36 @@ async def test_the_tracked_app_gets_its_session_back_with_its_code_once_the_code
     assert reply.get("sessionToken") == p.token
     second = await node.connect(server.url, "websocket")
     assert await track(again, second, p.code) == p.token  # and trackers join it again
+
+
+async def test_a_code_paired_on_another_instance_comes_back_paired_after_redis_lost_its_data(
+    node: NodeDriver, start_server: Any, redis_server: RedisServer, redis_client: aioredis.Redis
+) -> None:
+    # Found by the chaos run (seed 214): the app's instance knew its code only as pending (the
+    # tracker paired it through another instance) and wrote it back so; the next tracker then
+    # made a second session of it, and the first kept naming the app's socket after it left.
+    # The instance holding the session writes the code back paired (the record names it).
+    a = await start_server(redis_url=redis_server.url)
+    b = await start_server(redis_url=redis_server.url)
+    tracked = await node.connect(a.url, "websocket")
+    code, _ = await register(tracked)
+    tracker = await node.connect(b.url, "websocket")
+    token = await track(tracked, tracker, code)
+
+    redis_server.kill()
+    await asyncio.to_thread(redis_server.start)
+
+    async def paired_to() -> object:
+        try:
+            raw = await redis_client.get(f"code:{code}")
+        except (RedisError, OSError):
+            return None
+        return json.loads(raw).get("session_token") if raw else None
+
+    await eventually(paired_to, lambda t: t == token, within=WRITTEN_BACK_WITHIN_S + 2)
+    await asyncio.sleep(1)  # and it stays so, whichever instance wrote last
+    assert await paired_to() == token
+    second = await node.connect(b.url, "websocket")
+    assert await track(tracked, second, code) == token  # one session, as before
+    await tracked.disconnect()
+    await tracker.expect("trackedPersonDisconnected")
