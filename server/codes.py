@@ -333,13 +333,14 @@ class Codes:
             if session.code is None:
                 continue
             there = self._seen(session.code, await self._redis.get(keys.code(session.code)))
-            owner = session.tracked_socket_id
-            if owner is not None and not self._instances.is_live(owner):
-                owner = None
             if there.entry is not None and (
-                there.entry.paired or there.entry.tracked_sid not in (owner, None)
+                there.entry.paired or there.entry.tracked_sid != session.tracked_socket_id
             ):
                 continue
+            # The owner as the instance that holds the app's socket wrote it, else nobody: a
+            # record written back may name a socket that left meanwhile. The app takes it back
+            # with its token (Session.code), or from its address.
+            owner = there.entry.tracked_sid if there.entry is not None else None
             entry = PendingCode(
                 code=session.code,
                 tracked_sid=owner,

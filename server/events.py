@@ -24,7 +24,7 @@ from .limits import AttemptLimiter, RateLimiter, Ticket, client_address
 from .logs import token_ref
 from .metrics import Metrics
 from .models import PendingCode, Session
-from .pairing import Claim, Track, contested, register, track
+from .pairing import CODE_TTL_MS, Claim, Track, contested, register, track
 from .presence import Presence, Role, trackers_room
 from .store import MemoryStore, StoreUnavailable
 
@@ -208,14 +208,27 @@ class Events:
         """One try at registerCode; False if another event changed the code meanwhile."""
         now = self.clock()
         seen = await self.codes.get(code)
+        # The proven tracked app (reconnectSession) of the session this code paired: its code,
+        # whatever its entry says now (lost with Redis's data, retired, or naming a socket
+        # that left while Redis was away).
+        own = self._own_session_of(sid, code)
+        proven = own is not None and (seen.entry is None or seen.entry.session_token in (None, own))
         # Someone else's code, unless this socket proves to be its owner back: counted before
         # anything is decided, so that concurrent tries cannot go past the limit.
-        if contested(seen.entry, sid, now, self.code_grace_ms) and not await attempt.spend():
+        contest = not proven and contested(seen.entry, sid, now, self.code_grace_ms)
+        if contest and not await attempt.spend():
             await self._refuse(sid, None, errors.TOO_MANY_ATTEMPTS, "registerCode")
             return True
         claim, entry = register(seen.entry, code, sid, attempt.address, now, self.code_grace_ms)
-        if claim is Claim.FRESH and (token := self._own_session_of(sid, code)) is not None:
-            claim, entry = Claim.RESUMED, replace(entry, session_token=token)
+        if proven and claim is not Claim.RESUMED:
+            claim = Claim.RESUMED
+            entry = PendingCode(
+                code=code,
+                tracked_sid=sid,
+                expires_at=now + CODE_TTL_MS,
+                session_token=own,
+                address=attempt.address,
+            )
         if claim is Claim.IN_USE:
             log.info(
                 "registerCode from %s refused: code held by another socket",

@@ -682,3 +682,26 @@ async def test_a_code_paired_on_another_instance_comes_back_paired_after_redis_l
     assert await track(tracked, second, code) == token  # one session, as before
     await tracked.disconnect()
     await tracker.expect("trackedPersonDisconnected")
+
+
+async def test_the_tracked_app_takes_its_code_back_from_a_socket_that_left_unnoticed(
+    node: NodeDriver, start_server: Any, redis_server: RedisServer, redis_client: aioredis.Redis
+) -> None:
+    # Found by the chaos run (seeds 314, 316): the app's socket left while Redis restarted
+    # empty; the code came back naming it (its instance alive), and the app's next sockets were
+    # told the code was in use. With its token, the app takes its code back.
+    server = await start_server(redis_url=redis_server.url)
+    p = await pair(node, server.url, "websocket")
+    raw = await redis_client.get(f"code:{p.code}")
+    assert raw is not None and p.tracked.sid is not None
+    ghost = p.tracked.sid.split(".")[0] + ".gone-unnoticed"
+    await redis_client.set(f"code:{p.code}", json.dumps({**json.loads(raw), "tracked_sid": ghost}))
+    await p.tracked.disconnect()
+
+    again = await node.connect(server.url, "websocket")
+    again.emit("registerCode", p.code)  # without its token: in use, as for anyone
+    assert only(await again.expect("error")) == "Code already in use. Generating new code..."
+    again.emit("reconnectSession", {"sessionToken": p.token, "role": "tracked"})
+    await again.expect("sessionReconnected")
+    _, reply = await register(again, p.code)
+    assert reply.get("sessionToken") == p.token
