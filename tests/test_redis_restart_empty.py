@@ -687,18 +687,20 @@ async def test_a_code_paired_on_another_instance_comes_back_paired_after_redis_l
 async def test_the_tracked_app_takes_its_code_back_from_a_socket_that_left_unnoticed(
     node: NodeDriver, start_server: Any, redis_server: RedisServer, redis_client: aioredis.Redis
 ) -> None:
-    # Found by the chaos run (seeds 314, 316): the app's socket left while Redis restarted
-    # empty; the code came back naming it (its instance alive), and the app's next sockets were
+    # Found by the chaos run (seeds 314, 316): the app's socket on A left while Redis restarted
+    # empty; the code came back naming it (A alive), and the app's next sockets, on B, were
     # told the code was in use. With its token, the app takes its code back.
-    server = await start_server(redis_url=redis_server.url)
-    p = await pair(node, server.url, "websocket")
+    a = await start_server(redis_url=redis_server.url)
+    b = await start_server(redis_url=redis_server.url)
+    p = await pair(node, a.url, "websocket")
     raw = await redis_client.get(f"code:{p.code}")
     assert raw is not None and p.tracked.sid is not None
     ghost = p.tracked.sid.split(".")[0] + ".gone-unnoticed"
     await redis_client.set(f"code:{p.code}", json.dumps({**json.loads(raw), "tracked_sid": ghost}))
+    await redis_client.delete(f"code-of:{p.token}")  # as written back, before it was paired
     await p.tracked.disconnect()
 
-    again = await node.connect(server.url, "websocket")
+    again = await node.connect(b.url, "websocket")
     again.emit("registerCode", p.code)  # without its token: in use, as for anyone
     assert only(await again.expect("error")) == "Code already in use. Generating new code..."
     again.emit("reconnectSession", {"sessionToken": p.token, "role": "tracked"})
