@@ -135,6 +135,8 @@ class Codes:
         # so they are released there once it answers (else the app's next socket would find
         # its own code in use).
         self._unreleased: dict[str, tuple[Seen, PendingCode]] = {}
+        # Sockets whose release could not reach Redis (for Events: told once it answers).
+        self.unreachable: set[str] = set()
         self._marker: str | None = None  # Redis's data marker when this instance looked
         self._restoring: asyncio.Task[None] | None = None
         self._releasing: asyncio.Task[None] | None = None
@@ -471,6 +473,7 @@ class Codes:
             if done is None:
                 # Redis is away: what this instance wrote last stands, left from here (a paired
                 # one is written back, or given back to its app, from that).
+                self.unreachable.add(sid)
                 for seen, left in changes:
                     owned.append(left)
                     self._unreleased[seen.code] = (seen, left)

@@ -65,6 +65,11 @@ class Bindings:
         self._marker: str | None = None
         self._restoring: asyncio.Task[None] | None = None
 
+    @property
+    def shared(self) -> bool:
+        """Whether bindings are kept in Redis (several instances may be running)."""
+        return self._redis is not None
+
     def watch(
         self,
         instances: Instances,

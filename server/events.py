@@ -13,6 +13,7 @@ from urllib.parse import parse_qs
 
 import socketio
 from msgspec.structs import replace
+from redis.exceptions import RedisError
 
 from . import errors, payloads, rules
 from .clock import Clock
@@ -93,6 +94,14 @@ class Events:
         # Each socket's events in flight, which its disconnect waits for (see disconnect).
         self.guard = guard if guard is not None else getattr(sio, "guard", None)
         self._late_leaves: set[asyncio.Task[None]] = set()
+        # Sockets that left while Redis was away (their reasons): sessions paired through
+        # another instance are known here only from Redis (codes and bindings), so they are
+        # told once it answers again.
+        self._unseen_leaves: dict[str, str] = {}
+        self._telling: asyncio.Task[None] | None = None
+        self._seen_once: set[str] = set()  # of those, the ones a heartbeat went through after
+        if self.bindings.shared:
+            self.instances.listeners.append(self)
 
     def attach(self) -> None:
         handlers: dict[str, Handler] = {
@@ -568,6 +577,45 @@ class Events:
         bindings = self.presence.pop(sid)
         # The tracked socket of a session that a tracker on another instance paired with.
         bindings.update((e.session_token, Role.TRACKED) for e in released if e.session_token)
+        if sid in self.codes.unreachable or not self.store.answering:
+            self.codes.unreachable.discard(sid)
+            self._unseen_leaves[sid] = reason
+        await self._unbind(sid, bindings, reason)
+
+    def beat_ok(self, marker: str) -> None:
+        # A leave is told at the second heartbeat that went through after it: the other
+        # instances' relay listeners have subscribed again by then (what is told goes through
+        # Redis's pub/sub), and this instance writes again.
+        if not self.store.available:
+            return
+        due, self._seen_once = self._seen_once, set(self._unseen_leaves)
+        if due and (self._telling is None or self._telling.done()):
+            self._telling = asyncio.create_task(self._tell_unseen(due), name="unseen-leaves")
+
+    def beat_failed(self, exc: BaseException) -> None:
+        self._seen_once = set()  # told once Redis answers again
+
+    async def _tell_unseen(self, due: set[str]) -> None:
+        """Sessions that sockets which left while Redis was away were bound to, as Redis
+        knows them (a pairing through another instance is recorded only there): told now."""
+        left = {sid: self._unseen_leaves[sid] for sid in due if sid in self._unseen_leaves}
+        try:
+            members = await self.bindings.of(self.instances.id)
+        except (RedisError, OSError):
+            return  # at the next heartbeat
+        found: dict[str, set[tuple[str, Role]]] = {sid: set() for sid in left}
+        for role, token, sid in members:
+            if sid in found:
+                found[sid].add((token, role))
+        for sid, bindings in found.items():
+            try:
+                await self._unbind(sid, bindings, left[sid])
+            except StoreUnavailable:
+                return  # at the next heartbeat
+            self._unseen_leaves.pop(sid, None)
+
+    async def _unbind(self, sid: str, bindings: set[tuple[str, Role]], reason: str) -> None:
+        """The socket left these sessions: their records, and who is told."""
         for token, role in bindings:
             if role is Role.TRACKED:
                 updated = await self.store.update(token, _was(rules.without_tracked, sid))

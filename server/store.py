@@ -100,6 +100,7 @@ class MemoryStore:
         # Whether a change is written at once (with Redis: not while it is away or its data is
         # being written back; changes are then held).
         self.available = True
+        self.answering = True  # (with Redis: whether it answered the last heartbeat or command)
 
     def __len__(self) -> int:
         return len(self._sessions)

@@ -707,3 +707,33 @@ async def test_the_tracked_app_takes_its_code_back_from_a_socket_that_left_unnot
     await again.expect("sessionReconnected")
     _, reply = await register(again, p.code)
     assert reply.get("sessionToken") == p.token
+
+
+async def test_trackers_hear_that_the_tracked_app_left_while_redis_was_away(
+    node: NodeDriver, start_server: Any, make_redis_server: Any
+) -> None:
+    # Found by the chaos run (seed 314): the tracked app's instance knew of its pairing (made
+    # through another instance) only from Redis; the app left while Redis was away, so the
+    # record kept naming its socket (the instance alive) and nobody was told.
+    store = make_redis_server(appendonly=True)
+    a = await start_server(store.url)
+    b = await start_server(store.url)
+    tracked = await node.connect(a.url, "websocket")
+    code, _ = await register(tracked)
+    tracker = await node.connect(b.url, "websocket")
+    token = await track(tracked, tracker, code)
+    store.kill()
+    await tracked.disconnect()
+    await asyncio.sleep(0.5)
+    store.start()
+    assert await tracker.expect("trackedPersonDisconnected", timeout=10) == []
+    client = aioredis.from_url(store.url)
+    try:
+        record = await eventually(
+            lambda: stored_session(client, token),
+            lambda r: r is not None and r.tracked_socket_id is None,
+            within=5,
+        )
+    finally:
+        await client.aclose()
+    assert record is not None
