@@ -173,11 +173,22 @@ class Codes:
         for owned in self._owned.values():
             seen = owned.get(code)
             if seen is not None and seen.entry is not None:
-                return seen.entry
+                return self._as_paired(seen.entry)
         left = self._left_here.pop(code, None)
         if left is not None and not retired(left, self._clock(), self._grace_ms):
             return left
         return None
+
+    def _as_paired(self, entry: PendingCode) -> PendingCode:
+        """A code this instance registered may have been paired through another instance
+        since (this one wrote it last as pending): a record held here that names it says so.
+        Else a tracker entering it while Redis is away would split the pairing in two."""
+        if entry.paired:
+            return entry
+        for token, session in self._records():
+            if session.code == entry.code:
+                return replace(entry, session_token=token)
+        return entry
 
     def _seen(self, code: str, raw: bytes | str | None) -> Seen:
         if raw is None:

@@ -737,3 +737,21 @@ async def test_trackers_hear_that_the_tracked_app_left_while_redis_was_away(
     finally:
         await client.aclose()
     assert record is not None
+
+
+async def test_a_tracker_pairing_while_redis_is_away_joins_the_session_made_elsewhere(
+    node: NodeDriver, start_server: Any, redis_server: RedisServer
+) -> None:
+    # Found by the chaos run (seed 407): A knew its app's code only as pending (a tracker had
+    # paired it through B); while Redis was away a second tracker entered it on A, which made
+    # a second session of it. A record held here that names the code says it is paired.
+    a = await start_server(redis_url=redis_server.url)
+    b = await start_server(redis_url=redis_server.url)
+    tracked = await node.connect(a.url, "websocket")
+    code, _ = await register(tracked)
+    first = await node.connect(b.url, "websocket")
+    token = await track(tracked, first, code)
+    await check_in(tracked, token)  # A holds the record now
+    redis_server.kill()
+    second = await node.connect(a.url, "websocket")
+    assert await track(tracked, second, code) == token  # one session, not two
