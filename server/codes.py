@@ -334,6 +334,24 @@ class Codes:
         except (RedisError, OSError) as exc:
             log.debug("Codes not settled in Redis yet (%s): at the next heartbeat", exc)
 
+    async def _write_back_one(self, entry: PendingCode) -> bool:
+        """Write back a code this instance held, where Redis has none; or, for the app
+        connected here, over the entry another instance wrote back from its record of the
+        same pairing (with no owner: it cannot know the app's socket)."""
+        assert self._redis is not None
+        there = self._seen(entry.code, await self._redis.get(keys.code(entry.code)))
+        if there.entry is not None:
+            theirs = there.entry
+            mine = entry.tracked_sid is not None and theirs.tracked_sid is None
+            if not (mine and theirs.paired and entry.session_token in (None, theirs.session_token)):
+                return False
+            entry = replace(
+                theirs, tracked_sid=entry.tracked_sid, left_at=None, address=entry.address
+            )
+        with contextlib.suppress(TooManyPending):
+            return await self._swap_entry(there, entry) is not None
+        return False
+
     async def _restore_from_records(self) -> int:
         """After a loss of data: each record held here names the code that paired it. Where
         Redis has no entry for it, or only a pending one of the same app (its instance knew the
@@ -430,7 +448,7 @@ class Codes:
             for entry in held:
                 if entry is None:
                     continue
-                if await self.put(entry, Seen(entry.code, None)) is not None:
+                if await self._write_back_one(self._as_paired(entry)):
                     written += 1
                 else:
                     taken += 1

@@ -218,6 +218,10 @@ class RedisPersistence(_StoreBase):
             self._lost(exc)
             raise StoreUnavailable from exc
         if raw is None:
+            if not self._rebased.is_set():
+                # Redis lost its data a moment ago: the record may not be written back yet
+                # (by whichever instance holds it). Not "no such session": try again shortly.
+                raise StoreUnavailable
             return None
         session = self._decode(token, raw if isinstance(raw, bytes) else raw.encode())
         if session is not None:

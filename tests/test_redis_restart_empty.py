@@ -31,6 +31,7 @@ from tests.support.fakes import START, FakeClock, FakeSocketIO
 from tests.support.flows import (
     check_in,
     eventually,
+    now_ms,
     only,
     pair,
     register,
@@ -755,3 +756,41 @@ async def test_a_tracker_pairing_while_redis_is_away_joins_the_session_made_else
     redis_server.kill()
     second = await node.connect(a.url, "websocket")
     assert await track(tracked, second, code) == token  # one session, not two
+
+
+async def test_the_connected_app_keeps_its_code_whoever_writes_it_back_first(
+    node: NodeDriver, start_server: Any, redis_server: RedisServer, redis_client: aioredis.Redis
+) -> None:
+    # Found by the chaos run (seed 412): B (holding the session) wrote the code back first,
+    # paired but with no owner (it cannot know the app's socket); A's write-back of its app's
+    # code then found it taken, and the app, connected all along, was told its own code was
+    # in use. The app's instance puts its socket back as the owner.
+    a = await start_server(redis_url=redis_server.url)
+    b = await start_server(redis_url=redis_server.url)
+    tracked = await node.connect(a.url, "websocket")
+    code, _ = await register(tracked)
+    tracker = await node.connect(b.url, "websocket")
+    token = await track(tracked, tracker, code)
+    redis_server.kill()
+    await asyncio.to_thread(redis_server.start)
+    # B first, as it writes it from its record (before either heartbeat sees the loss).
+    written_by_b = {"code": code, "tracked_sid": None, "expires_at": now_ms() + 300_000}
+    written_by_b |= {"session_token": token, "left_at": now_ms(), "address": None}
+    await redis_client.set(f"code:{code}", json.dumps(written_by_b))
+
+    async def owner() -> object:
+        try:
+            raw = await redis_client.get(f"code:{code}")
+        except (RedisError, OSError):
+            return None
+        entry = json.loads(raw) if raw else {}
+        return entry.get("tracked_sid"), entry.get("session_token")
+
+    await eventually(owner, lambda o: o == (tracked.sid, token), within=WRITTEN_BACK_WITHIN_S + 2)
+    await eventually(
+        lambda: stored_session(redis_client, token),
+        lambda r: r is not None,
+        within=WRITTEN_BACK_WITHIN_S,
+    )
+    _, reply = await register(tracked, code)
+    assert reply.get("sessionToken") == token
