@@ -378,7 +378,7 @@ class Codes:
                 expires_at=now + CODE_TTL_MS,
                 session_token=token,
                 left_at=None if owner is not None else now,
-                address=there.entry.address if there.entry is not None else None,
+                address=there.entry.address if there.entry is not None else session.code_address,
             )
             with contextlib.suppress(TooManyPending):
                 if await self._swap_entry(there, entry) is not None:

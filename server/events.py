@@ -339,7 +339,10 @@ class Events:
         """The first tracker: a new session, linked to the code unless another won the race."""
         token = rules.new_token()
         session = Session(
-            tracked_socket_id=entry.tracked_sid, tracker_socket_ids=(sid,), code=entry.code
+            tracked_socket_id=entry.tracked_sid,
+            tracker_socket_ids=(sid,),
+            code=entry.code,
+            code_address=entry.address,
         )
         await self.store.create(token, session)
         if await self.codes.put(replace(entry, session_token=token), seen) is None:

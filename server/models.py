@@ -46,6 +46,9 @@ class Session(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     # and registers this code again gets its session back, also when the code's own entry was
     # lost (Redis restarted empty after the instance that held it went away) or retired.
     code: str | None = None
+    # Beyond: the client address that registered the code (limits.client_address), so that a
+    # code written back from this record can go back to its app from there (SECURITY.md).
+    code_address: str | None = None
 
 
 class ReconnectSession(msgspec.Struct, frozen=True, rename="camel"):

@@ -794,3 +794,34 @@ async def test_the_connected_app_keeps_its_code_whoever_writes_it_back_first(
     )
     _, reply = await register(tracked, code)
     assert reply.get("sessionToken") == token
+
+
+async def test_an_app_that_left_before_its_pairing_gets_it_from_a_code_written_back(
+    node: NodeDriver, start_server: Any, redis_server: RedisServer, redis_client: aioredis.Redis
+) -> None:
+    # Found by the chaos run (seed 418): the app left while its code was pending; a tracker
+    # paired it through B; Redis restarted empty and B wrote the code back from its record,
+    # without the app's address, so the app (which never heard its token) was told its own code
+    # was in use. The record keeps the address the code was registered from.
+    a = await start_server(redis_url=redis_server.url)
+    b = await start_server(redis_url=redis_server.url)
+    tracked = await node.connect(a.url, "websocket")
+    code, _ = await register(tracked)
+    await tracked.disconnect()
+    tracker = await node.connect(b.url, "websocket")
+    tracker.emit("trackCode", code)
+    token = only(await tracker.expect("trackingStarted"))["sessionToken"]
+    redis_server.kill()
+    await asyncio.to_thread(redis_server.start)
+
+    async def paired_to() -> object:
+        try:
+            raw = await redis_client.get(f"code:{code}")
+        except (RedisError, OSError):
+            return None
+        return json.loads(raw).get("session_token") if raw else None
+
+    await eventually(paired_to, lambda t: t == token, within=WRITTEN_BACK_WITHIN_S + 2)
+    again = await node.connect(a.url, "websocket")
+    _, reply = await register(again, code)
+    assert reply.get("sessionToken") == token
