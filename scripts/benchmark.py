@@ -17,6 +17,13 @@ per event and memory per connection are steadier than rates and latencies; all a
     .venv/bin/python scripts/benchmark.py                # about 3 minutes
     .venv/bin/python scripts/benchmark.py --quick        # smoke run, under a minute
     .venv/bin/python scripts/benchmark.py --only cpu --profile   # + py-spy profile in bench/
+
+Side by side with the Node server (scripts/benchkit/sidebyside.py says what is measured):
+ours and Node's, one after the other, on one Redis, under the same load, as ours, Node's and
+ours/Node; --client node makes the load with the real socket.io-client (tests/node/loadgen.js).
+
+    .venv/bin/python scripts/benchmark.py --against-node ../shared/node-original --client node
+    .venv/bin/python scripts/benchmark.py --against-node DIR --quick     # smoke run, about 1 min
 """
 
 from __future__ import annotations

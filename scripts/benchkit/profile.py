@@ -111,7 +111,16 @@ class Recorder:
         self.name = name
         self.spy = subprocess.Popen(
             [
-                *(py_spy, "record", "--pid", str(pid), "--rate", "200", "--nonblocking"),
+                *(
+                    py_spy,
+                    "record",
+                    "--pid",
+                    str(pid),
+                    "--rate",
+                    "200",
+                    "--nonblocking",
+                    "--function",
+                ),
                 *("--format", "raw", "-o", str(self.out / f"profile-{name}.txt")),
             ],
             stdout=subprocess.DEVNULL,

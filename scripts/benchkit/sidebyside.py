@@ -129,13 +129,18 @@ class Bench:
             self.profiles[name] = self.recorder.end()
 
     async def server(self, kind: str, mode: str) -> tuple[subprocess.Popen[bytes], str]:
-        """A fresh server on an empty Redis, warmed up by 50 connections opened and closed."""
+        """A fresh server on an empty Redis, warmed up by 50 connections opened and closed.
+
+        Then it is left alone for --baseline-settle s: V8 gives the warm-up's garbage back some
+        8-9 s after activity stops (RSS 96-101 -> 60 MB), so an earlier baseline would understate
+        the Node server's memory per connection, even below zero.
+        """
         await self.redis.flushall()
         proc, url = await self.servers.start(kind)
         try:
             checked(await self.generator.open(url, 50, 50, mode), 50, "warm-up")
             await self.generator.close()
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(self.args.baseline_settle)
         except BaseException:
             stop(proc, kill=True)
             raise
@@ -234,7 +239,8 @@ class Bench:
 
     async def round(self, kind: str, parts: list[str]) -> dict[str, Any]:
         """Every part against one server; each part on a freshly started process."""
-        figures: dict[str, Any] = {}
+        # Others' load on a shared machine shows here (it is in the JSON, not the table).
+        figures: dict[str, Any] = {"loadavg_1m": os.getloadavg()[0]}
         for part in parts:
             print(f"  {kind}: {part}", file=sys.stderr, flush=True)
             if part == "websocket":
@@ -280,6 +286,10 @@ def table(result: dict[str, Any]) -> str:
         runs += " | " + " ".join(f"{run[key]:g}" for run in node["runs"])
         name = f"{label_of(template, settings)} [{unit}]"
         lines.append(f"{name:<66} {mine:>9g} {theirs:>9g} {ratio:>9}   {runs}")
+    loads = [
+        f"{run['loadavg_1m']:.1f}" for kind in ("ours", "node") for run in result[kind]["runs"]
+    ]
+    lines.append(f"load average (1 min) as each round started, ours then Node: {' '.join(loads)}")
     lines.append("generator's own CPU, % of one core (against ours | Node):")
     for key, what in GENERATOR:
         if key in ours["median"]:
@@ -300,6 +310,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--first-seconds", type=float, default=5.0)
     group.add_argument("--polling-connections", type=int, default=1000)
     group.add_argument("--settle", type=float, default=3.0, help="s after opening, before idle")
+    group.add_argument("--baseline-settle", type=float, default=12.0, help="s before RSS0")
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -309,7 +320,7 @@ async def run(args: argparse.Namespace) -> int:
     if args.quick:
         args.runs, args.duration, args.connections, args.pairs = 1, 3.0, 500, 50
         args.idle_window, args.connects, args.polling_connections = 6.0, 100, 100
-        args.first_seconds, args.settle = 2.0, 1.0
+        args.first_seconds, args.settle, args.baseline_settle = 2.0, 1.0, 1.0
     args.idle_pairs = args.connections // 2
     parts = [part.strip() for part in (args.only or ",".join(PARTS)).split(",") if part.strip()]
     clients = [client.strip() for client in args.client.split(",") if client.strip()]
