@@ -9,8 +9,8 @@ and ours/Node.
 
   websocket  N/2 pairs paired over WebSocket (connect, registerCode, trackCode, setTimers),
              --concurrency pairs at a time: the time to pair them; then held idle: resident
-             memory per open connection ((RSS at the end of the idle window - RSS before
-             pairing) / N) and the server's CPU over the idle window (>= 2 ping intervals:
+             memory per open connection ((lowest RSS in the idle window - lowest RSS in the
+             settle before pairing) / N) and the server's CPU over the idle window (>= 2 pings:
              pings only); then closed, and --pairs pairs check in as fast as confirmed for
              --duration s: server (and Redis) CPU per confirmed check-in
   connects   --connects connections opened over WebSocket, and as today's apps do: polling
@@ -54,10 +54,10 @@ FIGURES = (
     ("idle_cpu_pct", "CPU of idle WebSocket connections ({connections}, pings only)", "%"),
     ("cpu_us_per_check_in", "server CPU per confirmed check-in ({pairs} pairs)", "µs"),
     ("pairing_s", "time to pair {idle_pairs} pairs (connect, register, track, timers)", "s"),
-    ("upgrade_cpu_us_per_connect", "polling→WebSocket: server CPU per connection, 1st s", "µs"),
-    ("upgrade_kb_per_connection", "polling→WebSocket: memory per connection ({connects})", "KB"),
-    ("websocket_cpu_us_per_connect", "WebSocket: server CPU per connection, first s", "µs"),
-    ("websocket_kb_per_connection", "WebSocket: memory per connection ({connects})", "KB"),
+    ("upgrade_cpu_us_per_connect", "polling→WebSocket: server CPU per connection, {first}", "µs"),
+    ("upgrade_kb_per_connection", "polling→WebSocket: memory per connection, {first}", "KB"),
+    ("websocket_cpu_us_per_connect", "WebSocket: server CPU per connection, {first}", "µs"),
+    ("websocket_kb_per_connection", "WebSocket: memory per connection, {first}", "KB"),
     ("polling_kb_per_connection", "stays on polling: memory per connection ({polling})", "KB"),
     ("polling_idle_cpu_pct", "stays on polling: CPU of {polling} idle connections", "%"),
     ("redis_cpu_us_per_check_in", "Redis CPU per confirmed check-in", "µs"),
@@ -128,29 +128,39 @@ class Bench:
         finally:
             self.profiles[name] = self.recorder.end()
 
-    async def server(self, kind: str, mode: str) -> tuple[subprocess.Popen[bytes], str]:
+    async def server(self, kind: str, mode: str) -> tuple[subprocess.Popen[bytes], str, int]:
         """A fresh server on an empty Redis, warmed up by 50 connections opened and closed.
 
         Then it is left alone for --baseline-settle s: V8 gives the warm-up's garbage back some
         8-9 s after activity stops (RSS 96-101 -> 60 MB), so an earlier baseline would understate
-        the Node server's memory per connection, even below zero.
+        the Node server's memory per connection, even below zero. Returns the process, its URL
+        and that baseline RSS (KB, the lowest seen while it settled).
         """
         await self.redis.flushall()
         proc, url = await self.servers.start(kind)
         try:
             checked(await self.generator.open(url, 50, 50, mode), 50, "warm-up")
             await self.generator.close()
-            await asyncio.sleep(self.args.baseline_settle)
+            baseline = await self.hold(proc, self.args.baseline_settle)
         except BaseException:
             stop(proc, kill=True)
             raise
-        return proc, url
+        return proc, url, baseline
+
+    async def hold(self, proc: subprocess.Popen[bytes], seconds: float) -> int:
+        """Wait, sampling the server's RSS twice a second; returns the lowest (KB): the most
+        settled, as V8 hands garbage back when it sees fit, not when we look."""
+        lowest = process_rss_kb(proc.pid)
+        deadline = time.perf_counter() + seconds
+        while (left := deadline - time.perf_counter()) > 0:
+            await asyncio.sleep(min(0.5, left))
+            lowest = min(lowest, process_rss_kb(proc.pid))
+        return lowest
 
     async def websocket(self, kind: str) -> dict[str, Any]:
         args, generator = self.args, self.generator
-        proc, url = await self.server(kind, "websocket")
+        proc, url, rss0 = await self.server(kind, "websocket")
         try:
-            rss0 = process_rss_kb(proc.pid)
             before = self.mark(proc)
             with self.phase("pairing", kind, proc):
                 paired = await generator.pair(url, args.idle_pairs, args.concurrency)
@@ -159,9 +169,8 @@ class Bench:
             await asyncio.sleep(args.settle)
             idle0 = self.mark(proc)
             with self.phase("idle", kind, proc):
-                await asyncio.sleep(args.idle_window)
+                rss1 = await self.hold(proc, args.idle_window)
             idle1 = self.mark(proc)
-            rss1 = process_rss_kb(proc.pid)
             await generator.close()
             await asyncio.sleep(1.0)
             checked(await generator.pair(url, args.pairs, args.concurrency), args.pairs, "pairs")
@@ -192,9 +201,8 @@ class Bench:
 
     async def connects(self, kind: str, mode: str) -> dict[str, Any]:
         args = self.args
-        proc, url = await self.server(kind, mode)
+        proc, url, rss0 = await self.server(kind, mode)
         try:
-            rss0 = process_rss_kb(proc.pid)
             before = self.mark(proc)
             with self.phase(f"connect-{mode}", kind, proc):
                 opened = await self.generator.open(url, args.connects, args.concurrency, mode)
@@ -216,18 +224,16 @@ class Bench:
 
     async def polling(self, kind: str) -> dict[str, Any]:
         args = self.args
-        proc, url = await self.server(kind, "polling")
+        proc, url, rss0 = await self.server(kind, "polling")
         try:
-            rss0 = process_rss_kb(proc.pid)
             count = args.polling_connections
             opened = await self.generator.open(url, count, args.concurrency, "polling")
             checked(opened, count, "polling connects")
             await asyncio.sleep(args.settle)
             idle0 = self.mark(proc)
             with self.phase("polling-idle", kind, proc):
-                await asyncio.sleep(args.idle_window)
+                rss1 = await self.hold(proc, args.idle_window)
             idle1 = self.mark(proc)
-            rss1 = process_rss_kb(proc.pid)
         finally:
             await self.generator.close()
             stop(proc, kill=True)
@@ -266,6 +272,7 @@ def label_of(template: str, settings: dict[str, Any]) -> str:
         idle_pairs=f"{settings['idle_pairs']:,}",
         pairs=settings["pairs"],
         connects=settings["connects"],
+        first=f"{settings['connects']} opened + {settings['first_seconds']:g} s",
         polling=f"{settings['polling_connections']:,}",
     )
 
