@@ -17,6 +17,13 @@ per event and memory per connection are steadier than rates and latencies; all a
     .venv/bin/python scripts/benchmark.py                # about 3 minutes
     .venv/bin/python scripts/benchmark.py --quick        # smoke run, under a minute
     .venv/bin/python scripts/benchmark.py --only cpu --profile   # + py-spy profile in bench/
+
+Side by side with the Node server (scripts/benchkit/sidebyside.py says what is measured):
+ours and Node's, one after the other, on one Redis, under the same load, as ours, Node's and
+ours/Node; --client node makes the load with the real socket.io-client (tests/node/loadgen.js).
+
+    .venv/bin/python scripts/benchmark.py --against-node ../shared/node-original --client node
+    .venv/bin/python scripts/benchmark.py --against-node DIR --quick     # smoke run, about 1 min
 """
 
 from __future__ import annotations
@@ -31,8 +38,6 @@ import platform
 import random
 import secrets
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -43,125 +48,29 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from loadtest import Config, RawSocket, cpu_seconds, raise_fd_limit, run_load
+from benchkit import sidebyside
+from benchkit.processes import (
+    ROOT,
+    Servers,
+    process_cpu,
+    process_rss_kb,
+    raise_fd_limit,
+    stop,
+    wait_http,
+)
+from benchkit.profile import start_py_spy, summarize_profile
+from benchkit.sidebyside import PARTS as SIDE
+from benchkit.sidebyside import git_commit
+from loadtest import Config, RawSocket, cpu_seconds, run_load
 from redis import asyncio as aioredis
 
-ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from server import keys  # noqa: E402
-from server.models import Session  # noqa: E402
-from server.store import _encode  # noqa: E402
+from server import keys
+from server.models import Session
+from server.store import _encode
 
-TICK = os.sysconf("SC_CLK_TCK")
 PARTS = ("cpu", "connections", "startup")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def process_cpu(pid: int) -> float:
-    """User + system CPU seconds of a process, from /proc/<pid>/stat."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / TICK  # utime, stime
-
-
-def process_rss_kb(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for {pid}")
-
-
-class Servers:
-    """A private redis-server, and server processes started against it."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.redis_port = free_port()
-        self.redis_url = f"redis://127.0.0.1:{self.redis_port}/0"
-        self.redis_proc = subprocess.Popen(
-            [
-                shutil.which("redis-server") or "redis-server",
-                *("--port", str(self.redis_port), "--bind", "127.0.0.1"),
-                *("--save", "", "--appendonly", "no", "--dir", str(workdir)),
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-        self.started = 0
-
-    async def wait_redis(self) -> aioredis.Redis:
-        redis = aioredis.Redis(port=self.redis_port)
-        for _ in range(100):
-            try:
-                await redis.ping()
-                return redis
-            except OSError:
-                await asyncio.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
-
-    def spawn(self) -> tuple[subprocess.Popen[bytes], str]:
-        """Start `python -m server`; returns the process and its URL (not waited for)."""
-        port = free_port()
-        env = {
-            **os.environ,
-            "PORT": str(port),
-            "HOST": "127.0.0.1",
-            "LOG_LEVEL": "WARNING",
-            "REDIS_URL": self.redis_url,
-            # Every client here comes from 127.0.0.1: not one hostile address.
-            "CONNECTIONS_PER_ADDRESS": "1000000",
-        }
-        self.started += 1
-        with open(self.workdir / f"server-{self.started}.log", "wb") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "server"], cwd=ROOT, env=env, stdout=log, stderr=log
-            )
-        return proc, f"http://127.0.0.1:{port}"
-
-    async def start(self) -> tuple[subprocess.Popen[bytes], str]:
-        proc, url = self.spawn()
-        await wait_http(url + "/", proc)
-        return proc, url
-
-    def log_tail(self) -> str:
-        path = self.workdir / f"server-{self.started}.log"
-        return "\n".join(path.read_text(errors="replace").splitlines()[-20:])
-
-    def close(self) -> None:
-        self.redis_proc.terminate()
-        self.redis_proc.wait(10)
-
-
-def stop(proc: subprocess.Popen[bytes], *, kill: bool = False) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
-    try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-async def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> float:
-    """Poll `url` until it answers 200; returns when (perf_counter) it did."""
-    deadline = time.monotonic() + timeout
-    async with aiohttp.ClientSession() as http:
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited with {proc.returncode}")
-            try:
-                async with http.get(url) as response:
-                    if response.status == 200:
-                        return time.perf_counter()
-            except aiohttp.ClientConnectionError:
-                pass
-            await asyncio.sleep(0.005)
-    raise RuntimeError(f"{url} did not answer 200 within {timeout} s")
 
 
 # ------------------------------------------------------------------------- measurements
@@ -312,92 +221,6 @@ async def measure_startup(servers: Servers, tokens: list[str]) -> dict[str, Any]
 # ------------------------------------------------------------------------------ profile
 
 
-def start_py_spy(pid: int, out: Path, duration: float) -> subprocess.Popen[bytes]:
-    py_spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or "py-spy"
-    out.mkdir(parents=True, exist_ok=True)
-    return subprocess.Popen(
-        [
-            *(py_spy, "record", "--pid", str(pid), "--duration", str(int(duration))),
-            *("--rate", "200", "--format", "raw", "-o", str(out / "profile.txt")),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-
-LIBRARIES = (
-    ("JSON (server/jsonlib, msgspec)", ("server/jsonlib.py", "msgspec", "json/")),
-    ("our code (server/)", ("server/",)),
-    ("engine.io", ("engineio/",)),
-    ("socket.io", ("socketio/",)),
-    ("redis-py", ("redis/",)),
-    ("aiohttp", ("aiohttp/",)),
-    ("asyncio", ("asyncio/",)),
-)
-# Where a sample's time goes: the first of these found anywhere on its stack.
-PURPOSES = (
-    ("Redis writes and reads (store)", ("RedisPersistence.", "redis/")),
-    ("emits: socket.io manager + engine.io send", ("AsyncServer.emit", "AsyncManager.emit")),
-    ("our handlers, besides the above", ("server/events.py", "server/store.py")),
-    ("packet receive + decode + dispatch", ("engineio/", "socketio/", "server/transport.py")),
-    ("aiohttp WebSocket frame reading", ("aiohttp/",)),
-)
-
-
-def module_of(frame: str) -> str:
-    """py-spy's frames read `function (path/module.py:line)`."""
-    return frame[frame.rfind("(") + 1 :]
-
-
-def first_match(frames: list[str], table: tuple[tuple[str, tuple[str, ...]], ...]) -> str:
-    for name, needles in table:
-        if any(needle in frame for frame in frames for needle in needles):
-            return name
-    return "asyncio loop and other"
-
-
-def summarize_profile(path: Path, top: int = 25) -> str:
-    """Own and total time per function, by library and by purpose, from py-spy's raw stacks.
-
-    py-spy sees Python frames only: time in C (msgspec, socket syscalls) counts as the
-    Python function that called it.
-    """
-    own: collections.Counter[str] = collections.Counter()
-    total: collections.Counter[str] = collections.Counter()
-    library: collections.Counter[str] = collections.Counter()
-    purpose: collections.Counter[str] = collections.Counter()
-    samples = 0
-    for line in path.read_text().splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        frames = [frame for frame in stack.split(";") if frame and "(" in frame]
-        if not frames or not count_text.isdigit():
-            continue
-        count = int(count_text)
-        samples += count
-        own[frames[-1]] += count
-        library[first_match([module_of(frames[-1])], LIBRARIES)] += count
-        purpose[first_match(frames, PURPOSES)] += count
-        for frame in set(frames):
-            total[frame] += count
-
-    # The event loop and the process's entry are on every stack: leave them out.
-    inner = collections.Counter({f: n for f, n in total.items() if n < 0.95 * samples})
-
-    def table(title: str, counter: collections.Counter[str], limit: int = 99) -> list[str]:
-        rows = [f"  {100 * n / samples:5.1f}%  {name}" for name, n in counter.most_common(limit)]
-        return ["", title, *rows]
-
-    return "\n".join(
-        [
-            f"{samples} samples of active CPU",
-            *table("where the time goes (first match on the stack):", purpose),
-            *table("own time by library (leaf frame):", library),
-            *table(f"top {top} functions by own time:", own, top),
-            *table(f"top {top} functions by total time (below the event loop):", inner, top),
-        ]
-    )
-
-
 # ---------------------------------------------------------------------------------- main
 
 
@@ -437,23 +260,29 @@ async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="small and short: a smoke run")
-    parser.add_argument("--only", default=",".join(PARTS), help=f"some of {','.join(PARTS)}")
-    parser.add_argument("--pairs", type=int, default=100, help="closed-loop pairs for cpu")
+    parser.add_argument("--only", help=f"some of {','.join(PARTS)} (side by side: of {SIDE})")
+    parser.add_argument("--pairs", type=int, help="closed-loop pairs (100; side by side 200)")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per cpu run")
     parser.add_argument("--procs", type=int, default=1, help="generator processes for cpu")
     parser.add_argument("--connections", type=int, default=5000)
     parser.add_argument("--openers", type=int, default=200)
     parser.add_argument("--sessions", type=int, default=100_000, help="stored, for startup")
-    parser.add_argument("--profile", action="store_true", help="py-spy one more cpu run")
-    parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results.json")
+    parser.add_argument("--profile", action="store_true", help="py-spy one more run into bench/")
+    parser.add_argument("--output", type=Path, help="results (bench/results.json)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    sidebyside.add_arguments(parser)
     args = parser.parse_args()
+    raise_fd_limit()
+    if args.against_node is not None:
+        args.pairs = args.pairs or 200
+        return await sidebyside.run(args)
+    args.pairs = args.pairs or 100
+    args.output = args.output or ROOT / "bench" / "results.json"
     if args.quick:
         args.runs, args.duration, args.connections, args.sessions = 1, 3.0, 500, 10_000
-    parts = [part.strip() for part in args.only.split(",") if part.strip()]
+    parts = [part.strip() for part in (args.only or ",".join(PARTS)).split(",") if part.strip()]
     if unknown := set(parts) - set(PARTS):
         parser.error(f"unknown parts: {', '.join(sorted(unknown))}")
-    raise_fd_limit()
 
     workdir = Path(tempfile.mkdtemp(prefix="benchmark-"))
     servers = Servers(workdir)
@@ -519,19 +348,6 @@ async def main() -> int:
         print_table(results)
         print(f"\nwritten to {args.output}")
     return 0
-
-
-def git_commit() -> str | None:
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "server"], cwd=ROOT, capture_output=True
-        ).stdout
-    except OSError:
-        return None
-    return f"{head}{'+changes' if dirty else ''}" or None
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ from tests.support.processes import RedisServer, ServerProcess
 # HAProxy, or several server processes that crash, drain or restart. About half the suite's time.
 SLOW_MODULES = frozenset(
     {
+        "test_benchmark_generators",
         "test_demo_browser",
         "test_haproxy",
         "test_instances",

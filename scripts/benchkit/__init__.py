@@ -1,0 +1,1 @@
+"""The pieces of scripts/benchmark.py: processes, generators, clients, the side-by-side run."""
