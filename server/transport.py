@@ -613,7 +613,9 @@ class WebSockets:
 
     async def close_all(self) -> None:
         """Close every WebSocket now (Engine.IO's CLOSE packet alone does not make a WebSocket
-        client hang up, and the server side would wait for the next ping timeout)."""
+        client hang up, and the server side would wait for the next ping timeout); what was
+        sent to them goes first."""
+        self.heartbeat.outbox.flush()
         sockets = list(self._open)
         if sockets:
             await asyncio.gather(
