@@ -39,6 +39,26 @@ KNOWN_TYPES: Final = (
 )
 
 
+class Packet(socketio_packet.Packet):  # type: ignore[misc]
+    """python-socketio's packet, with a cheaper test for binary data: its own builds a list
+    and reduces it with a lambda at every level of every packet made (5% of a check-in)."""
+
+    @classmethod
+    def data_is_binary(cls, data: Any) -> bool:
+        if isinstance(data, bytes | bytearray):
+            return True
+        if isinstance(data, list):
+            items: Any = data
+        elif isinstance(data, dict):
+            items = data.values()
+        else:
+            return False
+        for item in items:
+            if cls.data_is_binary(item):
+                return True
+        return False
+
+
 def _size(item: Any) -> int:
     """About what a queued Engine.IO packet costs to hold: its payload."""
     data = getattr(item, "data", None)
@@ -379,6 +399,7 @@ class SocketServer(socketio.AsyncServer):  # type: ignore[misc]
     """
 
     def __init__(self, *args: Any, guard: Guard | None = None, **kwargs: Any) -> None:
+        kwargs.setdefault("serializer", Packet)
         super().__init__(*args, **kwargs)
         if guard is None:
             from .metrics import Metrics  # not at the top: metrics -> relay -> transport
