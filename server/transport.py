@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 from urllib.parse import parse_qs
@@ -356,10 +357,30 @@ async def deliver(
     ).encode()
     frames = encoded if isinstance(encoded, list) else [encoded]
     eio_packets = [engineio_packet.Packet(engineio_packet.MESSAGE, f) for f in frames]
+    eio = manager.server.eio
+    ws_frames: list[bytes] | None = None
     for sid, eio_sid in manager.get_participants(namespace, room):
-        if sid not in skip:
-            for eio_packet in eio_packets:
-                await manager.server._send_eio_packet(eio_sid, eio_packet)
+        if sid in skip:
+            continue
+        eio_socket = eio.sockets.get(eio_sid)
+        queue = getattr(eio_socket, "queue", None)
+        if type(queue) is websocket.Connection and _sendable(eio_socket, eio.ping_timeout):
+            # What engine.io's send_packet would do, without its five calls: the frames,
+            # made once for every recipient, go to the connection.
+            if ws_frames is None:
+                ws_frames = [websocket.frame(pkt.encode()) for pkt in eio_packets]
+            for ws_frame in ws_frames:
+                queue.send(ws_frame)
+            continue
+        for eio_packet in eio_packets:
+            await manager.server._send_eio_packet(eio_sid, eio_packet)
+
+
+def _sendable(eio_socket: Any, ping_timeout: float) -> bool:
+    """Whether engine.io's AsyncSocket.send would just queue a packet: the socket is open and
+    not past its ping timeout (else send closes it, or raises)."""
+    last_ping = eio_socket.last_ping
+    return not eio_socket.closed and not (last_ping and time.time() - last_ping > ping_timeout)
 
 
 class DirectManager(socketio.AsyncManager):  # type: ignore[misc]
