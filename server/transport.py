@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 from urllib.parse import parse_qs
 
 import engineio
@@ -176,6 +177,20 @@ class PacketQueue:
                 return
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _coroutine_function(func: F) -> F:
+    """Mark a plain function that returns a coroutine as a coroutine function, as aiohttp's
+    router requires of a handler (inspect.markcoroutinefunction; Python 3.11 has only asyncio's
+    marker)."""
+    mark = getattr(inspect, "markcoroutinefunction", None)
+    if mark is not None:
+        return mark(func)  # type: ignore[no-any-return]
+    setattr(func, "_is_coroutine", asyncio.coroutines._is_coroutine)  # type: ignore[attr-defined]  # noqa: B010
+    return func
+
+
 class InvalidPayloadError(exceptions.EngineIOError):  # type: ignore[misc]
     """A polling POST whose body is not an Engine.IO payload."""
 
@@ -198,9 +213,14 @@ class PollingSocket(async_socket.AsyncSocket):  # type: ignore[misc]
     # writer task may be stuck sending to a client that does not read).
     websocket_transport: asyncio.BaseTransport | None = None
 
-    async def handle_get_request(self, environ: dict[str, Any]) -> Any:
+    def handle_get_request(self, environ: dict[str, Any]) -> Awaitable[Any]:
+        # Not a coroutine of its own on the way to a WebSocket: its frame would live as long
+        # as the connection.
         if environ.get("HTTP_UPGRADE"):
-            return await super().handle_get_request(environ)
+            return super().handle_get_request(environ)  # type: ignore[no-any-return]
+        return self._poll(environ)
+
+    async def _poll(self, environ: dict[str, Any]) -> Any:
         if self.polling:
             client = client_of(self)
             log.info("Closing %s: two polls at once", self.sid, extra=client)
@@ -281,7 +301,9 @@ class EngineServer(engineio.AsyncServer):  # type: ignore[misc]
             if transport is not None:
                 transport.abort()
 
-    async def handle_request(self, *args: Any, **kwargs: Any) -> Any:
+    @_coroutine_function
+    def handle_request(self, *args: Any, **kwargs: Any) -> Awaitable[Any]:
+        # Not a coroutine of its own: its frame would live as long as each WebSocket (~0.5 KB).
         # engine.io's own log lines of this request are the client's (see logs.py).
         request = args[0]
         trust_proxy = self.guard.trust_proxy
@@ -291,8 +313,8 @@ class EngineServer(engineio.AsyncServer):  # type: ignore[misc]
             # missing, then the server MUST respond with an HTTP 400 error status"; engine.io
             # takes polling for granted.
             environ = self._async["translate_request"](request)
-            return await self._make_response(self._bad_request("Missing transport"), environ)
-        return await super().handle_request(*args, **kwargs)
+            return self._make_response(self._bad_request("Missing transport"), environ)  # type: ignore[no-any-return]
+        return super().handle_request(*args, **kwargs)  # type: ignore[no-any-return]
 
     def _method_not_found(self) -> dict[str, Any]:
         # The spec's test suite expects 400 for a method other than GET, POST (and OPTIONS,

@@ -358,6 +358,7 @@ async def serve(
             queued.task_done()
             if pkt is not None and pkt.packet_type == eio.OPEN:
                 pkt.data = None  # engine.io's connect handler holds its OPEN packet till the end
+        del queued  # this frame lives as long as the connection
         # A session that started on polling has engine.io's ping task on the way; its pong
         # hands the pings over. One that started here was adopted before its first ping.
         heartbeat.watch(conn, ping=not upgrade)
