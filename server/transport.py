@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 import logging
 import time
@@ -552,7 +553,7 @@ class SocketServer(socketio.AsyncServer):  # type: ignore[misc]
         if not self.manager.is_connected(sid, namespace):
             return
         guard = self.guard
-        if not await guard.admit_event(sid):
+        if guard.at_limit(sid) and not await guard.admit_event(sid):
             if self.manager.is_connected(sid, namespace):  # else refused already
                 await self._too_many_events(eio_sid, sid)
             return
@@ -562,8 +563,11 @@ class SocketServer(socketio.AsyncServer):  # type: ignore[misc]
             self._run_event(sid, eio_sid, data, namespace, id)
         )
         self._event_tasks.add(task)
-        task.add_done_callback(self._event_tasks.discard)
-        task.add_done_callback(lambda _: guard.end(sid))
+        task.add_done_callback(functools.partial(self._event_done, sid))
+
+    def _event_done(self, sid: str, task: asyncio.Task[Any]) -> None:
+        self._event_tasks.discard(task)
+        self.guard.end(sid)
 
     async def _run_event(self, sid: str, eio_sid: str, data: Any, namespace: str, id: Any) -> None:
         EVENT_OF.set(sid)  # in this task's own context

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import math
 import struct
@@ -362,6 +363,11 @@ async def serve(
         # A session that started on polling has engine.io's ping task on the way; its pong
         # hands the pings over. One that started here was adopted before its first ping.
         heartbeat.watch(conn, ping=not upgrade)
+        # A message goes to the server's handler as engine.io's receive and _trigger_event
+        # would pass it, without their checks and the closure they make per message.
+        on_message = socket.server.handlers.get("message")
+        if not inspect.iscoroutinefunction(on_message):
+            on_message = None
         try:
             while (data := packet_data(await ws.receive(), max_size)) is not None:
                 pkt = eio.Packet(encoded_packet=data)
@@ -369,7 +375,13 @@ async def serve(
                 if pkt.packet_type == eio.PONG:
                     continue
                 try:
-                    await socket.receive(pkt)
+                    if pkt.packet_type == eio.MESSAGE and on_message is not None:
+                        try:
+                            await on_message(socket.sid, pkt.data)
+                        except Exception:
+                            socket.server.logger.exception("message async handler error")
+                    else:
+                        await socket.receive(pkt)
                 except exceptions.UnknownPacketError:
                     pass
                 except exceptions.SocketIsClosedError:
