@@ -18,7 +18,7 @@ import math
 import struct
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 from aiohttp import WSMessage, WSMsgType, web
 from engineio import exceptions
@@ -42,6 +42,9 @@ def frame(data: str | bytes) -> bytes:
     else:
         header = struct.pack("!BBQ", 0x80 | opcode, 127, size)
     return header + payload
+
+
+PING: Final = frame(eio.Packet(eio.PING).encode())  # the same frame for every client
 
 
 class Outbox:
@@ -257,7 +260,8 @@ class Heartbeat:
             conn.ping_at = None
             if not socket.closing and not socket.closed:
                 socket.last_ping = time.time()  # engine.io's service task checks it
-                conn.write(eio.Packet(eio.PING))
+                conn.send(PING)
+                conn.flush()
         # A later pong sets ping_at no earlier than now + interval: look again by then.
         ping_at = conn.ping_at if conn.ping_at is not None else now + self.interval
         self._file(conn, min(ping_at, conn.heard + self.limit))
@@ -370,6 +374,9 @@ async def serve(
             on_message = None
         try:
             while (data := packet_data(await ws.receive(), max_size)) is not None:
+                if data == "3":  # a pong, as engine.io decodes it, without a packet object
+                    heartbeat.heard(conn, eio.PONG)
+                    continue
                 pkt = eio.Packet(encoded_packet=data)
                 heartbeat.heard(conn, pkt.packet_type)
                 if pkt.packet_type == eio.PONG:
