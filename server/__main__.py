@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import errno
 import functools
+import gc
 import logging
 import os
 import resource
@@ -48,6 +49,22 @@ def _reason(exc: OSError | UnicodeError) -> str:
 def _address(sockname: Any) -> str:
     host, port = sockname[0], sockname[1]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+# Python's cyclic GC by default collects the youngest objects every 700 allocations; the objects
+# of events in flight (tasks, futures, packets, awaiting Redis) survive a few such collections,
+# reach the oldest generation, and every so often make a full collection scan every object of
+# every connection: with 5,000 connections, ~350 ms a time, over half the CPU of a check-in
+# (measured with gc.callbacks). Collecting the youngest every 50,000 allocations lets them die
+# young, by reference counting, as almost all do.
+GC_THRESHOLDS = (50_000, 20, 10)
+
+
+def tune_gc() -> None:
+    """Collect less often, and never scan what the start made (modules, the app): frozen."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def _event_loop() -> asyncio.AbstractEventLoop:
@@ -163,6 +180,7 @@ def main() -> int:
     log.info("Open files limit: %d", raise_open_files_limit())
     versions.warn_if_unverified()
     app = create_app(config)
+    tune_gc()
     lines.on_suppressed = functools.partial(app[METRICS].refused, "log_lines_per_client_per_minute")
     try:
         _run(_serve(app, config), _event_loop())

@@ -39,6 +39,17 @@ TRANSIENT: Final = (StoreUnavailable, RedisError, OSError)
 
 Told = Callable[[str, Collection[Role]], Awaitable[None]]
 
+# KEYS: per binding, the set of its socket's instance. ARGV: the sets' lifetime (s), then per
+# binding its member. The sets outlive no session: members a lost leave left behind do not
+# pile up.
+_BIND: Final = """
+for i = 1, #KEYS do
+  redis.call('SADD', KEYS[i], ARGV[i + 1])
+  redis.call('EXPIRE', KEYS[i], ARGV[1])
+end
+return #KEYS
+"""
+
 
 def binding(sid: str, token: str, role: Role) -> str:
     return f"{role.value}:{token}:{sid}"
@@ -64,6 +75,7 @@ class Bindings:
         self._records: Callable[[], Iterable[tuple[str, Session]]] = list
         self._marker: str | None = None
         self._restoring: asyncio.Task[None] | None = None
+        self._bind = redis.register_script(_BIND) if redis is not None else None
 
     @property
     def shared(self) -> bool:
@@ -121,19 +133,26 @@ class Bindings:
         self._marker = marker
 
     async def bound(self, sid: str, token: str, role: Role) -> None:
-        instance = owner(sid)
-        if self._redis is None or instance is None:
+        await self.bound_all([(sid, token, role)])
+
+    async def bound_all(self, bindings: Collection[tuple[str, str, Role]]) -> None:
+        """Record (socket, token, role) bindings, all in one round trip."""
+        if self._bind is None:
             return
-        key = keys.instance_sessions(instance)
+        instance_keys, members = [], []
+        for sid, token, role in bindings:
+            instance = owner(sid)
+            if instance is not None:
+                instance_keys.append(keys.instance_sessions(instance))
+                members.append(binding(sid, token, role))
+        if not members:
+            return
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.sadd(key, binding(sid, token, role))
-                # Outlives no session: members a lost leave left behind do not pile up.
-                pipe.expire(key, keys.SESSION_TTL_SECONDS)
-                await pipe.execute()
+            await self._bind(keys=instance_keys, args=[keys.SESSION_TTL_SECONDS, *members])
         except (RedisError, OSError) as exc:
             # The session still works; only a crash of that instance would go untold.
-            log.warning("Binding of %s not recorded (%s)", sid, exc.__class__.__name__)
+            sids = ", ".join(sid for sid, _, _ in bindings)
+            log.warning("Binding of %s not recorded (%s)", sids, exc.__class__.__name__)
 
     async def left(self, sid: str, bindings: Collection[tuple[str, Role]]) -> None:
         instance = owner(sid)

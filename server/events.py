@@ -311,10 +311,12 @@ class Events:
             attempt.honest()
             await self._refuse(sid, None, errors.NOT_A_TRACKER, "trackCode")
             return True
+        app = None
         if token is None:
             joined = await self._pair(entry, seen, sid)
             if joined is None:
                 return False  # another tracker paired it first: join that session
+            app = entry.tracked_sid
         else:
             limit = self.trackers_per_session
             updated = await self.store.update(
@@ -332,7 +334,7 @@ class Events:
                 return True
             joined = token, updated[0]
         attempt.honest()
-        await self._tracking_started(sid, *joined)
+        await self._tracking_started(sid, *joined, app=app)
         return True
 
     async def _pair(self, entry: PendingCode, seen: Seen, sid: str) -> tuple[str, Session] | None:
@@ -349,16 +351,21 @@ class Events:
             await self.store.discard(token)
             return None
         tracked = entry.tracked_sid
-        if tracked is not None:
-            if self.instances.is_local(tracked):
-                self.presence.bind(tracked, token, Role.TRACKED)
-            await self.bindings.bound(tracked, token, Role.TRACKED)
+        if tracked is not None and self.instances.is_local(tracked):
+            self.presence.bind(tracked, token, Role.TRACKED)
         log.info("Session created: %s", token_ref(token))
         return token, session
 
-    async def _tracking_started(self, sid: str, token: str, session: Session) -> None:
+    async def _tracking_started(
+        self, sid: str, token: str, session: Session, *, app: str | None = None
+    ) -> None:
+        """`app`: the tracked socket of a session just created, bound in Redis here too (both
+        bindings in one round trip)."""
         self.presence.bind(sid, token, Role.TRACKER)
-        await self.bindings.bound(sid, token, Role.TRACKER)
+        bound = [(sid, token, Role.TRACKER)]
+        if app is not None:
+            bound.insert(0, (app, token, Role.TRACKED))
+        await self.bindings.bound_all(bound)
         await self.sio.enter_room(sid, trackers_room(token))
         log.info("Tracker %s paired with session %s", sid, token_ref(token))
         await self.sio.emit("trackingStarted", {"sessionToken": token}, to=sid)

@@ -111,6 +111,11 @@ class Guard:
                     flight.waiters.remove(waiter)
         return True
 
+    def at_limit(self, sid: str) -> bool:
+        """Whether an event of `sid` must go through admit_event (else it is admitted)."""
+        flight = self._flights.get(sid)
+        return flight is not None and flight.count >= self.events_in_flight
+
     async def admit_event(self, sid: str) -> bool:
         """Before an event of `sid` is read further: wait for a slot while the socket is at its
         limit. False when it insists (a second message held at once, or no slot within

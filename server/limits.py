@@ -56,6 +56,24 @@ redis.call('EXPIRE', KEYS[1], ARGV[2])
 return {1, failed}
 """
 
+# KEYS: the address's attempts in one window. ARGV: the key's lifetime (s), 1 to count a failure.
+# An attempt is over: its place goes back (and a failure is counted).
+_SETTLE: Final = """
+redis.call('HINCRBY', KEYS[1], 'inflight', -1)
+if ARGV[2] == '1' then
+  redis.call('HINCRBY', KEYS[1], 'failed', 1)
+end
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return 1
+"""
+
+# KEYS: the address's count in one window. ARGV: the key's lifetime (s). Returns the count.
+_COUNT: Final = """
+local count = redis.call('INCR', KEYS[1])
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return count
+"""
+
 TAKEN: Final = 1
 BUSY: Final = 0
 USED_UP: Final = -1
@@ -137,6 +155,7 @@ class AttemptLimiter:
         self._redis = redis
         self._redis_available = redis_available
         self._take = redis.register_script(_TAKE) if redis is not None else None
+        self._settle = redis.register_script(_SETTLE) if redis is not None else None
         # In this process: [failed, in flight] per (address, window), counted while Redis is away.
         self._local: dict[tuple[str, int], list[int]] = {}
         # The failures Redis last reported per (address, window): when Redis fails in the middle
@@ -199,15 +218,11 @@ class AttemptLimiter:
     async def settle(self, address: str, window: int, failed: bool, shared: bool) -> None:
         """An attempt in `window` is over: its place goes back, and a failure is counted."""
         if shared:
-            assert self._redis is not None
+            assert self._settle is not None
             key = keys.attempts(address, window)
             try:
-                async with self._redis.pipeline(transaction=True) as pipe:
-                    pipe.hincrby(key, "inflight", -1)
-                    if failed:
-                        pipe.hincrby(key, "failed", 1)
-                    pipe.expire(key, KEY_SECONDS)
-                    await pipe.execute()
+                # One script call: cheaper than MULTI/EXEC around the same commands.
+                await self._settle(keys=[key], args=[KEY_SECONDS, int(failed)])
                 return
             except (RedisError, OSError) as exc:
                 # Its place stays taken until the window ends; a failure is counted here.
@@ -230,7 +245,7 @@ class AttemptLimiter:
 
 class RateLimiter:
     """Events of one kind per address and minute, each counted before it is handled (INCR and
-    EXPIRE in one transaction), never given back: code registrations."""
+    EXPIRE in one script call), never given back: code registrations."""
 
     def __init__(
         self,
@@ -245,6 +260,7 @@ class RateLimiter:
         self._redis = redis
         self._redis_available = redis_available
         self._key = key
+        self._count = redis.register_script(_COUNT) if redis is not None else None
         self._local: dict[tuple[str, int], int] = {}
         self._shared: dict[tuple[str, int], int] = {}  # Redis's last count, as above
         self._swept = 0
@@ -258,13 +274,10 @@ class RateLimiter:
                 for past in [past for past in counts if past[1] < window]:
                     del counts[past]
         local = self._local.get((address, window), 0)
-        if self._redis is not None and self._redis_available():
+        if self._count is not None and self._redis_available():
             key = self._key(address, window)
             try:
-                async with self._redis.pipeline(transaction=True) as pipe:
-                    pipe.incr(key)
-                    pipe.expire(key, KEY_SECONDS)
-                    stored, _ = await pipe.execute()
+                stored = await self._count(keys=[key], args=[KEY_SECONDS])
                 self._shared[(address, window)] = int(stored)
                 return local + int(stored) <= self.limit
             except (RedisError, OSError) as exc:

@@ -83,14 +83,20 @@ class Metrics:
             ["task"],
             registry=r,
         )
+        self._event_children: dict[tuple[str, str], tuple[Any, Any]] = {}
         self._state = _StateCollector()
         r.register(self._state)
 
     # --- called by the code that sees things happen -------------------------------------------
 
     def event(self, name: str, outcome: str, seconds: float) -> None:
-        self.events.labels(name, outcome).inc()
-        self.event_seconds.labels(name).observe(seconds)
+        # The labelled children, looked up once: labels() validates and locks on every call.
+        children = self._event_children.get((name, outcome))
+        if children is None:
+            children = self.events.labels(name, outcome), self.event_seconds.labels(name)
+            self._event_children[(name, outcome)] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def connected(self, transport: str) -> None:
         self.connections_opened.labels(transport).inc()

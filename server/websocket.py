@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import math
 import struct
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 from aiohttp import WSMessage, WSMsgType, web
 from engineio import exceptions
@@ -43,16 +44,57 @@ def frame(data: str | bytes) -> bytes:
     return header + payload
 
 
+PING: Final = frame(eio.Packet(eio.PING).encode())  # the same frame for every client
+
+
+class Outbox:
+    """The frames sent during one turn of the event loop, written at its end: one write (one
+    send() call) per connection per turn, however many packets it was sent meanwhile (a
+    check-in sends the app timersSet and checkInConfirmed; the send() calls were most of the
+    CPU of an emit)."""
+
+    __slots__ = ("_due", "_handle")
+
+    def __init__(self) -> None:
+        self._due: list[Connection] = []
+        self._handle: asyncio.Handle | None = None
+
+    def add(self, conn: Connection) -> None:
+        self._due.append(conn)
+        if self._handle is None:
+            self._handle = asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Write every connection's frames now."""
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        due, self._due = self._due, []
+        for conn in due:
+            conn.flush()
+
+
 class Connection:
     """An Engine.IO socket on a WebSocket: its outgoing queue, and its heartbeat's state.
 
-    It stands in for the socket's queue (engine.io sends by `await socket.queue.put(packet)`)
-    and writes each packet to the transport at once, in order, without waiting for the client
-    to read. A client that lets more than `limit` bytes pile up unread in the transport's
-    buffer is hung up on (300,000 getStatus without reading the replies held +155 MB).
+    It stands in for the socket's queue (engine.io sends by `await socket.queue.put(packet)`):
+    each packet is framed at once and written, in order, at the end of the loop's turn (see
+    Outbox), without waiting for the client to read. A client that lets more than `limit` bytes
+    pile up unread in the transport's buffer is hung up on (300,000 getStatus without reading
+    the replies held +155 MB).
     """
 
-    __slots__ = ("heard", "limit", "ping_at", "slot", "socket", "transport", "ws")
+    __slots__ = (
+        "heard",
+        "limit",
+        "outbox",
+        "pending",
+        "ping_at",
+        "slot",
+        "socket",
+        "transport",
+        "ws",
+    )
 
     def __init__(
         self,
@@ -61,6 +103,7 @@ class Connection:
         transport: asyncio.Transport,
         now: float,
         limit: int = 0,
+        outbox: Outbox | None = None,
     ) -> None:
         self.socket = socket
         self.ws = ws
@@ -69,17 +112,42 @@ class Connection:
         self.ping_at: float | None = None  # when to ping; None while a ping awaits its pong
         self.slot = 0  # where the heartbeat keeps it
         self.limit = limit  # unread bytes before a hang-up; 0: no limit
+        self.outbox = outbox  # None: every packet is written at once
+        self.pending: bytes | list[bytes] | None = None  # framed, for the outbox to write
 
     @property
     def open(self) -> bool:
         return not self.ws.closed and not self.transport.is_closing()
 
     def write(self, pkt: eio.Packet | None) -> None:
+        """Write a packet now, after what is pending."""
         # None asks engine.io's writer to stop: the reader loop closes the WebSocket instead.
-        if pkt is not None and self.open:
-            self.transport.write(frame(pkt.encode()))
-            if self.limit and self.transport.get_write_buffer_size() > self.limit:
-                self._overflowed()
+        if pkt is not None:
+            self.send(frame(pkt.encode()))
+        self.flush()
+
+    def send(self, data: bytes) -> None:
+        """Write a frame at the end of the loop's turn (at once without an outbox)."""
+        pending = self.pending
+        if pending is None:
+            self.pending = data
+            if self.outbox is None:
+                self.flush()
+            else:
+                self.outbox.add(self)
+        elif isinstance(pending, list):
+            pending.append(data)
+        else:
+            self.pending = [pending, data]
+
+    def flush(self) -> None:
+        """Write what is pending."""
+        pending, self.pending = self.pending, None
+        if pending is None or not self.open:
+            return
+        self.transport.write(pending if isinstance(pending, bytes) else b"".join(pending))
+        if self.limit and self.transport.get_write_buffer_size() > self.limit:
+            self._overflowed()
 
     def _overflowed(self) -> None:
         guard = getattr(self.socket.server, "guard", None)
@@ -93,10 +161,11 @@ class Connection:
 
     # The part of a queue that engine.io and server.transport use.
     async def put(self, pkt: eio.Packet | None) -> None:
-        self.write(pkt)
+        self.put_nowait(pkt)
 
     def put_nowait(self, pkt: eio.Packet | None) -> None:
-        self.write(pkt)
+        if pkt is not None:
+            self.send(frame(pkt.encode()))
 
     def qsize(self) -> int:
         return 0
@@ -133,6 +202,8 @@ class Heartbeat:
         self._slots: dict[int, set[Connection]] = {}
         self._next = self._slot(clock())
         self._closing: set[asyncio.Task[Any]] = set()
+        # The frames of every connection, written at the end of each turn of the loop.
+        self.outbox = Outbox()
 
     def __len__(self) -> int:
         return sum(len(slot) for slot in self._slots.values())
@@ -189,7 +260,8 @@ class Heartbeat:
             conn.ping_at = None
             if not socket.closing and not socket.closed:
                 socket.last_ping = time.time()  # engine.io's service task checks it
-                conn.write(eio.Packet(eio.PING))
+                conn.send(PING)
+                conn.flush()
         # A later pong sets ping_at no earlier than now + interval: look again by then.
         ping_at = conn.ping_at if conn.ping_at is not None else now + self.interval
         self._file(conn, min(ping_at, conn.heard + self.limit))
@@ -197,6 +269,7 @@ class Heartbeat:
     def _hang_up(self, conn: Connection) -> None:
         # As engine.io's read timeout: close the WebSocket; the reader loop then closes the
         # Engine.IO socket ("transport close").
+        conn.flush()
         task = asyncio.get_running_loop().create_task(conn.ws.close())
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
@@ -279,7 +352,9 @@ async def serve(
             if not await _upgrade(socket, ws, max_size):
                 return ws
         socket.connected = socket.upgraded = True
-        conn = Connection(socket, ws, request.transport, heartbeat.clock(), outbound_bytes)
+        conn = Connection(
+            socket, ws, request.transport, heartbeat.clock(), outbound_bytes, heartbeat.outbox
+        )
         # What was queued during the upgrade goes first, then the WebSocket is the queue.
         queued, socket.queue = socket.queue, conn
         while not queued.empty():
@@ -288,17 +363,32 @@ async def serve(
             queued.task_done()
             if pkt is not None and pkt.packet_type == eio.OPEN:
                 pkt.data = None  # engine.io's connect handler holds its OPEN packet till the end
+        del queued  # this frame lives as long as the connection
         # A session that started on polling has engine.io's ping task on the way; its pong
         # hands the pings over. One that started here was adopted before its first ping.
         heartbeat.watch(conn, ping=not upgrade)
+        # A message goes to the server's handler as engine.io's receive and _trigger_event
+        # would pass it, without their checks and the closure they make per message.
+        on_message = socket.server.handlers.get("message")
+        if not inspect.iscoroutinefunction(on_message):
+            on_message = None
         try:
             while (data := packet_data(await ws.receive(), max_size)) is not None:
+                if data == "3":  # a pong, as engine.io decodes it, without a packet object
+                    heartbeat.heard(conn, eio.PONG)
+                    continue
                 pkt = eio.Packet(encoded_packet=data)
                 heartbeat.heard(conn, pkt.packet_type)
                 if pkt.packet_type == eio.PONG:
                     continue
                 try:
-                    await socket.receive(pkt)
+                    if pkt.packet_type == eio.MESSAGE and on_message is not None:
+                        try:
+                            await on_message(socket.sid, pkt.data)
+                        except Exception:
+                            socket.server.logger.exception("message async handler error")
+                    else:
+                        await socket.receive(pkt)
                 except exceptions.UnknownPacketError:
                     pass
                 except exceptions.SocketIsClosedError:
@@ -309,6 +399,7 @@ async def serve(
                     break  # the client left, or the server hung up on it
         finally:
             heartbeat.forget(conn)
+            conn.flush()  # e.g. engine.io's CLOSE, before the close frame
             with contextlib.suppress(Exception):
                 await ws.close()
             reason = socket.server.reason.TRANSPORT_CLOSE
