@@ -10,22 +10,8 @@ from server import keys, rules
 from server.alerts import Alerts
 from server.deadlines import RedisDeadlines
 from server.events import Events
-from server.models import Session
 from server.persistence import RedisStore
-from tests.support.fakes import START, FakeClock, FakeSocketIO
-
-MIN = 60_000
-
-
-def armed(alert_end: int) -> Session:
-    return Session(
-        reminder_time_minutes=1,
-        alert_time_minutes=2,
-        reminder_time_end=alert_end - MIN,
-        alert_time_end=alert_end,
-        settings_configured=True,
-        last_check_in=alert_end - 2 * MIN,
-    )
+from tests.support.fakes import MIN, START, FakeClock, FakeSocketIO, armed
 
 
 async def test_deadlines_are_written_with_the_record_and_follow_it(

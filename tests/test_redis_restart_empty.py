@@ -27,7 +27,7 @@ from server.instances import Instances
 from server.models import Session
 from server.persistence import RedisStore, connect
 from server.store import StoreUnavailable, _encode, decode_record
-from tests.support.fakes import START, FakeClock, FakeSocketIO
+from tests.support.fakes import MIN, START, FakeClock, FakeSocketIO, armed
 from tests.support.flows import (
     check_in,
     eventually,
@@ -63,6 +63,23 @@ async def stored(client: aioredis.Redis, tokens: list[str]) -> tuple[int, int]:
     except (RedisError, OSError):
         return -1, -1
     return records, deadlines
+
+
+async def exists(client: aioredis.Redis, key: str) -> int:
+    """1 when Redis holds `key` (0 while it is away)."""
+    try:
+        return int(await client.exists(key))
+    except (RedisError, OSError):
+        return 0
+
+
+async def code_entry(client: aioredis.Redis, code: str) -> dict[str, Any]:
+    """The code's entry in Redis ({} when there is none, or while Redis is away)."""
+    try:
+        raw = await client.get(f"code:{code}")
+    except (RedisError, OSError):
+        return {}
+    return dict(json.loads(raw)) if raw else {}
 
 
 async def test_sessions_and_deadlines_come_back_when_redis_restarts_empty(
@@ -239,13 +256,11 @@ async def test_an_app_that_had_just_left_gets_its_session_back_after_redis_lost_
     redis_server.kill()
     await asyncio.to_thread(redis_server.start)
 
-    async def code_stored() -> int:
-        try:
-            return int(await redis_client.exists(f"code:{p.code}"))
-        except (RedisError, OSError):
-            return 0
-
-    await eventually(code_stored, lambda n: n == 1, within=WRITTEN_BACK_WITHIN_S + 2)
+    await eventually(
+        lambda: exists(redis_client, f"code:{p.code}"),
+        lambda n: n == 1,
+        within=WRITTEN_BACK_WITHIN_S + 2,
+    )
     again = await node.connect(server.url, "websocket")
     _, reply = await register(again, p.code)
     assert reply.get("sessionToken") == p.token
@@ -309,20 +324,6 @@ async def test_a_connected_app_registering_its_code_again_while_redis_is_away_ke
     redis_server.kill()
     _, reply = await register(p.tracked, p.code)
     assert reply.get("sessionToken") == p.token
-
-
-MIN = 60_000
-
-
-def armed(alert_end: int) -> Session:
-    return Session(
-        reminder_time_minutes=1,
-        alert_time_minutes=2,
-        reminder_time_end=alert_end - MIN,
-        alert_time_end=alert_end,
-        settings_configured=True,
-        last_check_in=alert_end - 2 * MIN,
-    )
 
 
 def scheduler(store: RedisStore, clock: FakeClock) -> tuple[Alerts, FakeSocketIO]:
@@ -480,13 +481,11 @@ async def test_an_app_that_left_while_redis_was_away_gets_its_session_back_after
     await p.tracked.disconnect()
     await asyncio.to_thread(redis_server.start)
 
-    async def code_stored() -> int:
-        try:
-            return int(await redis_client.exists(f"code:{p.code}"))
-        except (RedisError, OSError):
-            return 0
-
-    await eventually(code_stored, lambda n: n == 1, within=WRITTEN_BACK_WITHIN_S + 2)
+    await eventually(
+        lambda: exists(redis_client, f"code:{p.code}"),
+        lambda n: n == 1,
+        within=WRITTEN_BACK_WITHIN_S + 2,
+    )
     again = await node.connect(server.url, "websocket")
     _, reply = await register(again, p.code)
     assert reply.get("sessionToken") == p.token
@@ -572,15 +571,12 @@ async def test_a_code_registered_again_while_redis_was_away_outlives_its_instanc
     store.start()
     client = aioredis.from_url(store.url)
 
-    async def owner() -> object:
-        try:
-            raw = await client.get(f"code:{p.code}")
-        except (RedisError, OSError):
-            return None
-        return json.loads(raw).get("tracked_sid") if raw else None
-
     try:
-        await eventually(owner, lambda sid: sid == again.sid, within=10)
+        await eventually(
+            lambda: code_entry(client, p.code),
+            lambda entry: entry.get("tracked_sid") == again.sid,
+            within=10,
+        )
     finally:
         await client.aclose()
     await again.disconnect()
@@ -608,13 +604,9 @@ async def test_a_crash_after_redis_lost_its_data_is_still_told(
     redis_server.kill()
     await asyncio.to_thread(redis_server.start)
 
-    async def bound() -> int:
-        try:
-            return int(await redis_client.exists(bindings))
-        except (RedisError, OSError):
-            return 0
-
-    await eventually(bound, lambda n: n == 1, within=WRITTEN_BACK_WITHIN_S + 2)
+    await eventually(
+        lambda: exists(redis_client, bindings), lambda n: n == 1, within=WRITTEN_BACK_WITHIN_S + 2
+    )
     a.kill()
     assert await tracker.expect("trackedPersonDisconnected", timeout=12) == []
     record = await eventually(
@@ -670,11 +662,7 @@ async def test_a_code_paired_on_another_instance_comes_back_paired_after_redis_l
     await asyncio.to_thread(redis_server.start)
 
     async def paired_to() -> object:
-        try:
-            raw = await redis_client.get(f"code:{code}")
-        except (RedisError, OSError):
-            return None
-        return json.loads(raw).get("session_token") if raw else None
+        return (await code_entry(redis_client, code)).get("session_token")
 
     await eventually(paired_to, lambda t: t == token, within=WRITTEN_BACK_WITHIN_S + 2)
     await asyncio.sleep(1)  # and it stays so, whichever instance wrote last
@@ -779,11 +767,7 @@ async def test_the_connected_app_keeps_its_code_whoever_writes_it_back_first(
     await redis_client.set(f"code:{code}", json.dumps(written_by_b))
 
     async def owner() -> object:
-        try:
-            raw = await redis_client.get(f"code:{code}")
-        except (RedisError, OSError):
-            return None
-        entry = json.loads(raw) if raw else {}
+        entry = await code_entry(redis_client, code)
         return entry.get("tracked_sid"), entry.get("session_token")
 
     await eventually(owner, lambda o: o == (tracked.sid, token), within=WRITTEN_BACK_WITHIN_S + 2)
@@ -815,11 +799,7 @@ async def test_an_app_that_left_before_its_pairing_gets_it_from_a_code_written_b
     await asyncio.to_thread(redis_server.start)
 
     async def paired_to() -> object:
-        try:
-            raw = await redis_client.get(f"code:{code}")
-        except (RedisError, OSError):
-            return None
-        return json.loads(raw).get("session_token") if raw else None
+        return (await code_entry(redis_client, code)).get("session_token")
 
     await eventually(paired_to, lambda t: t == token, within=WRITTEN_BACK_WITHIN_S + 2)
     again = await node.connect(a.url, "websocket")

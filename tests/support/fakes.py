@@ -7,6 +7,7 @@ import asyncio
 from typing import Any
 
 from server.instances import Instances
+from server.models import Session
 
 START = 1_800_000_000_000
 
@@ -58,3 +59,19 @@ async def beat_alone(instance: Instances, clock: FakeClock) -> None:
         await asyncio.sleep(step_ms / 1000)
         clock.now += step_ms
         await instance.beat()
+
+
+MIN = 60_000
+
+
+def armed(alert_end: int) -> Session:
+    """A session with timers set whose alert falls due at `alert_end` (its reminder a minute
+    before, its last check-in two minutes before that)."""
+    return Session(
+        reminder_time_minutes=1,
+        alert_time_minutes=2,
+        reminder_time_end=alert_end - MIN,
+        alert_time_end=alert_end,
+        settings_configured=True,
+        last_check_in=alert_end - 2 * MIN,
+    )
