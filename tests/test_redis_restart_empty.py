@@ -39,7 +39,7 @@ from tests.support.flows import (
     track,
 )
 from tests.support.metrics import scrape, value
-from tests.support.nodeclient import NodeDriver
+from tests.support.nodeclient import NodeClient, NodeDriver
 from tests.support.processes import RedisServer
 
 pytestmark = pytest.mark.node
@@ -63,6 +63,19 @@ async def stored(client: aioredis.Redis, tokens: list[str]) -> tuple[int, int]:
     except (RedisError, OSError):
         return -1, -1
     return records, deadlines
+
+
+async def paired_across(
+    node: NodeDriver, start_server: Any, redis_server: RedisServer
+) -> tuple[Any, Any, NodeClient, NodeClient, str, str]:
+    """Instances A and B on `redis_server`: an app on A registers a code, a tracker on B pairs
+    it. Returns A, B, the app, the tracker, the code and the session token."""
+    a = await start_server(redis_url=redis_server.url)
+    b = await start_server(redis_url=redis_server.url)
+    tracked = await node.connect(a.url, "websocket")
+    code, _ = await register(tracked)
+    tracker = await node.connect(b.url, "websocket")
+    return a, b, tracked, tracker, code, await track(tracked, tracker, code)
 
 
 async def exists(client: aioredis.Redis, key: str) -> int:
@@ -592,12 +605,7 @@ async def test_a_crash_after_redis_lost_its_data_is_still_told(
     # Found by the chaos run (seeds 208, 211): where each instance's sockets are bound was
     # lost with Redis's data, so when that instance went away afterwards its sessions kept
     # naming its sockets and nobody was told. Each instance writes its bindings back too.
-    a = await start_server(redis_url=redis_server.url)
-    b = await start_server(redis_url=redis_server.url)
-    tracked = await node.connect(a.url, "websocket")
-    code, _ = await register(tracked)
-    tracker = await node.connect(b.url, "websocket")
-    token = await track(tracked, tracker, code)
+    a, _, tracked, tracker, _code, token = await paired_across(node, start_server, redis_server)
     assert tracked.sid is not None
     bindings = f"instance-sessions:{tracked.sid.split('.')[0]}"
 
@@ -651,12 +659,7 @@ async def test_a_code_paired_on_another_instance_comes_back_paired_after_redis_l
     # tracker paired it through another instance) and wrote it back so; the next tracker then
     # made a second session of it, and the first kept naming the app's socket after it left.
     # The instance holding the session writes the code back paired (the record names it).
-    a = await start_server(redis_url=redis_server.url)
-    b = await start_server(redis_url=redis_server.url)
-    tracked = await node.connect(a.url, "websocket")
-    code, _ = await register(tracked)
-    tracker = await node.connect(b.url, "websocket")
-    token = await track(tracked, tracker, code)
+    _, b, tracked, tracker, code, token = await paired_across(node, start_server, redis_server)
 
     redis_server.kill()
     await asyncio.to_thread(redis_server.start)
@@ -753,12 +756,7 @@ async def test_the_connected_app_keeps_its_code_whoever_writes_it_back_first(
     # paired but with no owner (it cannot know the app's socket); A's write-back of its app's
     # code then found it taken, and the app, connected all along, was told its own code was
     # in use. The app's instance puts its socket back as the owner.
-    a = await start_server(redis_url=redis_server.url)
-    b = await start_server(redis_url=redis_server.url)
-    tracked = await node.connect(a.url, "websocket")
-    code, _ = await register(tracked)
-    tracker = await node.connect(b.url, "websocket")
-    token = await track(tracked, tracker, code)
+    _, _, tracked, _tracker, code, token = await paired_across(node, start_server, redis_server)
     redis_server.kill()
     await asyncio.to_thread(redis_server.start)
     # B first, as it writes it from its record (before either heartbeat sees the loss).
