@@ -395,14 +395,11 @@ class Codes:
         assert self._redis is not None
         for entry in self._local.entries():
             there = self._seen(entry.code, await self._redis.get(keys.code(entry.code)))
-            ours = there.entry is None or (
-                (entry.session_token is not None)
-                and there.entry.session_token == entry.session_token
-            )
-            ours = ours or (
-                there.entry is not None
-                and entry.tracked_sid is not None
-                and there.entry.tracked_sid == entry.tracked_sid
+            theirs = there.entry
+            ours = (
+                theirs is None
+                or (entry.session_token is not None and theirs.session_token == entry.session_token)
+                or (entry.tracked_sid is not None and theirs.tracked_sid == entry.tracked_sid)
             )
             try:
                 went = ours and await self._swap_entry(there, entry) is not None

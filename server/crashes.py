@@ -115,18 +115,8 @@ class Bindings:
             if session.tracked_socket_id is not None:
                 found.append((session.tracked_socket_id, token, Role.TRACKED))
             found += [(sid, token, Role.TRACKER) for sid in session.tracker_socket_ids]
-        by_instance: dict[str, set[str]] = defaultdict(set)
-        for sid, token, role in found:
-            instance = owner(sid)
-            if instance is not None:
-                by_instance[instance].add(binding(sid, token, role))
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for instance, members in by_instance.items():
-                    key = keys.instance_sessions(instance)
-                    pipe.sadd(key, *members)
-                    pipe.expire(key, keys.SESSION_TTL_SECONDS)
-                await pipe.execute()
+            await self._bind_all(found)
         except (RedisError, OSError) as exc:
             log.warning("Bindings not written back (%s): at the next heartbeat", exc)
             return
@@ -137,6 +127,14 @@ class Bindings:
 
     async def bound_all(self, bindings: Collection[tuple[str, str, Role]]) -> None:
         """Record (socket, token, role) bindings, all in one round trip."""
+        try:
+            await self._bind_all(bindings)
+        except (RedisError, OSError) as exc:
+            # The session still works; only a crash of that instance would go untold.
+            sids = ", ".join(sid for sid, _, _ in bindings)
+            log.warning("Binding of %s not recorded (%s)", sids, exc.__class__.__name__)
+
+    async def _bind_all(self, bindings: Collection[tuple[str, str, Role]]) -> None:
         if self._bind is None:
             return
         instance_keys, members = [], []
@@ -145,14 +143,8 @@ class Bindings:
             if instance is not None:
                 instance_keys.append(keys.instance_sessions(instance))
                 members.append(binding(sid, token, role))
-        if not members:
-            return
-        try:
+        if members:
             await self._bind(keys=instance_keys, args=[keys.SESSION_TTL_SECONDS, *members])
-        except (RedisError, OSError) as exc:
-            # The session still works; only a crash of that instance would go untold.
-            sids = ", ".join(sid for sid, _, _ in bindings)
-            log.warning("Binding of %s not recorded (%s)", sids, exc.__class__.__name__)
 
     async def left(self, sid: str, bindings: Collection[tuple[str, Role]]) -> None:
         instance = owner(sid)
