@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -223,16 +224,22 @@ async def test_a_websocket_client_that_answers_pings_stays_and_one_that_does_not
     assert reasons[0] in ("transport close", "ping timeout")
 
 
+async def connect_polling(http: aiohttp.ClientSession, url: str) -> tuple[str, str]:
+    """A polling session that has sent its Socket.IO CONNECT: its sid, and its polling URL."""
+    async with http.get(url + "&transport=polling") as response:
+        sid = json.loads((await response.text())[1:])["sid"]
+    polling = f"{url}&transport=polling&sid={sid}"
+    async with http.post(polling, data="40") as response:
+        assert response.status == 200
+    return sid, polling
+
+
 async def test_a_client_upgraded_from_polling_is_pinged_and_its_queued_packets_arrive(
     fast_server: tuple[str, list[str]],
 ) -> None:
     url, reasons = fast_server
     async with aiohttp.ClientSession() as http:
-        async with http.get(url + "&transport=polling") as response:
-            sid = json.loads((await response.text())[1:])["sid"]
-        polling = f"{url}&transport=polling&sid={sid}"
-        async with http.post(polling, data="40") as response:
-            assert response.status == 200
+        sid, polling = await connect_polling(http, url)
         async with http.ws_connect(f"{url}&transport=websocket&sid={sid}") as ws:
             await ws.send_str("2probe")
             assert await next_text(ws) == "3probe"
@@ -250,3 +257,65 @@ async def test_a_client_upgraded_from_polling_is_pinged_and_its_queued_packets_a
             )
     await eventually(lambda: reasons)
     assert reasons == ["client disconnect"]
+
+
+# --- engine.io's sweep of its sockets -----------------------------------------------------------
+
+
+async def test_a_polling_client_that_stops_answering_pings_is_closed_for_a_ping_timeout(
+    fast_server: tuple[str, list[str]],
+) -> None:
+    url, reasons = fast_server
+    async with aiohttp.ClientSession() as http:
+        _, polling = await connect_polling(http, url)
+        async with http.get(polling) as response:
+            assert (await response.text()).startswith("40")
+        # No more polls: the ping sent after 0.3 s is never fetched, let alone answered.
+        await eventually(lambda: reasons, timeout=4)
+    assert reasons == ["ping timeout"]
+
+
+class SweptSocket:
+    def __init__(self, sid: str, last_ping: float | None) -> None:
+        self.sid, self.last_ping = sid, last_ping
+        self.closed = self.closing = False
+        self.checked = 0
+
+    async def check_ping_timeout(self) -> bool:
+        self.checked += 1
+        return True
+
+
+async def test_the_sweep_wakes_once_a_tick_not_once_per_socket(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # engine.io's own sweep waited ping_timeout / len(sockets) between two sockets (an
+    # asyncio.wait_for each): 100 wake-ups a second for 2,000 clients and a 20 s timeout.
+    eio = transport.EngineServer(async_mode="aiohttp", ping_timeout=20)
+    now = time.time()
+    late = {f"late{i}": SweptSocket(f"late{i}", now - 30) for i in range(1000)}
+    fine = {f"fine{i}": SweptSocket(f"fine{i}", None) for i in range(999)}
+    gone = SweptSocket("gone", None)
+    gone.closed = True
+    eio.sockets.update({"gone": gone} | late | fine)
+    waits = 0
+    wait_for = asyncio.wait_for
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        nonlocal waits
+        waits += 1
+        return await wait_for(*args, **kwargs)
+
+    monkeypatch.setattr(asyncio, "wait_for", counted)
+    monkeypatch.setattr(transport, "SWEEP_TICK", 0.1)
+    task = asyncio.create_task(eio._service_task())
+    await asyncio.sleep(0.35)  # three ticks: 3 * 2,000 * 0.1 / 20 = 30 sockets looked at
+    eio.service_task_event.set()
+    await wait_for(task, 1)
+    ticks = waits - 1  # the last wait ended with the stop
+    assert 1 <= ticks <= 4  # engine.io's: ~70 waits in 0.35 s
+    # Each tick looks at 2,000 * 0.1 / 20 = 10 sockets, in order: the closed one is forgotten,
+    # the late ones are checked, none of the others.
+    assert "gone" not in eio.sockets
+    assert sum(s.checked for s in late.values()) == 10 * ticks - 1
+    assert all(s.checked == 0 for s in fine.values())
