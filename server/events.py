@@ -28,6 +28,7 @@ from .models import PendingCode, Session
 from .pairing import CODE_TTL_MS, Claim, Track, contested, register, track
 from .presence import Presence, Role, trackers_room
 from .store import MemoryStore, StoreUnavailable
+from .tasks import running_loop
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +126,7 @@ class Events:
             started = time.perf_counter()
             _answered_error.set(False)
             outcome = "error"
-            task = asyncio.current_task()
+            task = asyncio.current_task(running_loop())
             if task is not None:
                 self.in_flight.add(task)
             try:

@@ -28,6 +28,7 @@ from .guard import BINARY_STRIKES, EVENT_OF, Guard
 from .instances import SEPARATOR
 from .limits import client_address
 from .settings import Settings
+from .tasks import running_loop
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +62,13 @@ class Packet(socketio_packet.Packet):  # type: ignore[misc]
         else:
             return False
         for item in items:
-            if cls.data_is_binary(item):
+            # Strings and numbers, most of every payload, without a call each.
+            if type(item) not in _SCALARS and cls.data_is_binary(item):
                 return True
         return False
+
+
+_SCALARS: Final = frozenset({str, int, float, bool, type(None)})
 
 
 def _size(item: Any) -> int:
@@ -419,7 +424,7 @@ async def deliver(
     eio_packets = [engineio_packet.Packet(engineio_packet.MESSAGE, f) for f in frames]
     eio = manager.server.eio
     ws_frames: list[bytes] | None = None
-    for sid, eio_sid in manager.get_participants(namespace, room):
+    for sid, eio_sid in _participants(manager.rooms[namespace], room):
         if sid in skip:
             continue
         eio_socket = eio.sockets.get(eio_sid)
@@ -434,6 +439,20 @@ async def deliver(
             continue
         for eio_packet in eio_packets:
             await manager.server._send_eio_packet(eio_sid, eio_packet)
+
+
+def _participants(rooms: dict[Any, Any], room: Any) -> list[tuple[str, str]]:
+    """python-socketio's get_participants (sid, eio_sid pairs), without its generator and its
+    copy of a dict for a single room (an emit to one socket is one room of one)."""
+    if isinstance(room, str) or room is None:
+        members = rooms.get(room)
+        return list(members._fwdm.items()) if members is not None else []
+    participants: dict[str, str] = {}
+    for name in room:
+        members = rooms.get(name)
+        if members is not None:
+            participants.update(members._fwdm)
+    return list(participants.items())
 
 
 def _sendable(eio_socket: Any, ping_timeout: float) -> bool:
@@ -596,9 +615,7 @@ class SocketServer(socketio.AsyncServer):  # type: ignore[misc]
             return
         if not self.manager.is_connected(sid, namespace) or not guard.begin(sid):
             return  # its disconnect began meanwhile: nothing new starts for it
-        task = asyncio.get_running_loop().create_task(
-            self._run_event(sid, eio_sid, data, namespace, id)
-        )
+        task = running_loop().create_task(self._run_event(sid, eio_sid, data, namespace, id))
         self._event_tasks.add(task)
         task.add_done_callback(functools.partial(self._event_done, sid))
 

@@ -10,9 +10,11 @@ from typing import Any
 
 import aiohttp
 import pytest
+import socketio
 import websockets
 from aiohttp.test_utils import TestServer
 
+from server import transport
 from server.app import SIO, create_app
 from server.ops import METRICS
 from server.settings import Settings
@@ -161,3 +163,29 @@ async def test_a_bug_in_our_handling_of_a_packet_is_logged_with_its_traceback_an
     assert bugs and "a deliberate bug" in str(bugs[0].exc_info[1])  # type: ignore[index]
     assert not any("Malformed" in r.getMessage() for r in caplog.records)
     assert value(samples, "alliswell_errors_total", where="packet") == 1
+
+
+def test_binary_data_is_found_at_any_depth_and_plain_payloads_are_not_binary() -> None:
+    is_binary = transport.Packet.data_is_binary
+    assert (
+        is_binary(["checkInReceived", {"sessionToken": "ab", "timestamp": 1, "x": None}]) is False
+    )
+    assert is_binary(["e", 1.5, True, "s", [], {}]) is False
+    assert is_binary(["e", {"a": [1, {"b": b"x"}]}]) is True
+    assert is_binary(["e", [[bytearray(b"x")]]]) is True
+    assert is_binary(b"") is True
+
+
+def test_the_recipients_of_an_emit_are_python_socketios_participants() -> None:
+    manager = socketio.AsyncManager()
+    manager.set_server(socketio.AsyncServer())
+    manager.initialize()
+    for n in range(3):
+        manager.basic_enter_room(f"s{n}", "/", None, eio_sid=f"e{n}")
+        manager.basic_enter_room(f"s{n}", "/", f"s{n}", eio_sid=f"e{n}")
+    manager.basic_enter_room("s1", "/", "trackers:t", eio_sid="e1")
+    manager.basic_enter_room("s2", "/", "trackers:t", eio_sid="e2")
+    rooms = manager.rooms["/"]
+    for room in (None, "s0", "trackers:t", "nobody", ["s0", "trackers:t"], ("s2", "nobody")):
+        expected = sorted(manager.get_participants("/", room))
+        assert sorted(transport._participants(rooms, room)) == expected, room
