@@ -409,36 +409,66 @@ async def deliver(
     room: Any = None,
     skip_sid: Any = None,
 ) -> None:
-    """Queue one event for this process's recipients: the packet encoded once, no task each."""
-    if namespace not in manager.rooms:
+    """Queue one event for this process's recipients: the packet encoded once, no task each,
+    nothing encoded when none of them is here."""
+    rooms = manager.rooms.get(namespace)
+    if rooms is None:
         return  # nobody has connected to it yet
+    skip = skip_sid if isinstance(skip_sid, list) else [skip_sid]
+    recipients = [pair for pair in _participants(rooms, room) if pair[0] not in skip]
+    if not recipients:
+        return
     if isinstance(data, tuple):
         args = list(data)
     else:
         args = [] if data is None else [data]
-    skip = skip_sid if isinstance(skip_sid, list) else [skip_sid]
-    encoded = manager.server.packet_class(
-        socketio_packet.EVENT, namespace=namespace, data=[event, *args]
-    ).encode()
+    encoded = _encode(manager.server.packet_class, namespace, [event, *args])
     frames = encoded if isinstance(encoded, list) else [encoded]
-    eio_packets = [engineio_packet.Packet(engineio_packet.MESSAGE, f) for f in frames]
     eio = manager.server.eio
     ws_frames: list[bytes] | None = None
-    for sid, eio_sid in _participants(manager.rooms[namespace], room):
-        if sid in skip:
-            continue
+    for _, eio_sid in recipients:
         eio_socket = eio.sockets.get(eio_sid)
         queue = getattr(eio_socket, "queue", None)
         if type(queue) is websocket.Connection and _sendable(eio_socket, eio.ping_timeout):
             # What engine.io's send_packet would do, without its five calls: the frames,
-            # made once for every recipient, go to the connection.
+            # made once for every recipient, go to the connection (an Engine.IO MESSAGE is
+            # "4" and the text; a binary attachment goes as it is).
             if ws_frames is None:
-                ws_frames = [websocket.frame(pkt.encode()) for pkt in eio_packets]
+                ws_frames = [websocket.frame("4" + f if isinstance(f, str) else f) for f in frames]
             for ws_frame in ws_frames:
                 queue.send(ws_frame)
             continue
-        for eio_packet in eio_packets:
-            await manager.server._send_eio_packet(eio_sid, eio_packet)
+        for f in frames:
+            await manager.server._send_eio_packet(
+                eio_sid, engineio_packet.Packet(engineio_packet.MESSAGE, f)
+            )
+
+
+def _encode(packet_class: Any, namespace: str, message: list[Any]) -> str | list[Any]:
+    """python-socketio's encoding of an EVENT packet. A message of strings, numbers and flat
+    dicts of them (every event this server sends) is encoded without a packet object and its
+    test for binary data: the same text."""
+    if namespace == "/" and _plain(message):
+        return "2" + packet_class.json.dumps(message, separators=(",", ":"))  # type: ignore[no-any-return]
+    return packet_class(socketio_packet.EVENT, namespace=namespace, data=message).encode()  # type: ignore[no-any-return]
+
+
+@functools.lru_cache(maxsize=64)
+def _awaitable(handler: Callable[..., Any]) -> bool:
+    """inspect.iscoroutinefunction, once per handler (two Python calls deep on 3.11)."""
+    return inspect.iscoroutinefunction(handler)
+
+
+def _plain(message: list[Any]) -> bool:
+    """Whether a message holds only strings, numbers and flat dicts of them."""
+    for item in message:
+        if type(item) is dict:
+            for value in item.values():
+                if type(value) not in _SCALARS:
+                    return False
+        elif type(item) not in _SCALARS:
+            return False
+    return True
 
 
 def _participants(rooms: dict[Any, Any], room: Any) -> list[tuple[str, str]]:
@@ -625,6 +655,14 @@ class SocketServer(socketio.AsyncServer):  # type: ignore[misc]
 
     async def _run_event(self, sid: str, eio_sid: str, data: Any, namespace: str, id: Any) -> None:
         EVENT_OF.set(sid)  # in this task's own context
+        handler = self.handlers.get(namespace, {}).get(data[0]) if id is None else None
+        if handler is not None and data[0] not in self.reserved_events and _awaitable(handler):
+            # An event without an ack, for a coroutine handler of its own name: called as
+            # python-socketio's _handle_event_internal and _trigger_event call it (a handler's
+            # return value only matters for an ack), without their three calls.
+            with contextlib.suppress(asyncio.CancelledError):
+                await handler(sid, *data[1:])
+            return
         await self._handle_event_internal(self, sid, eio_sid, data, namespace, id)
 
     async def _too_many_events(self, eio_sid: str, sid: str) -> None:

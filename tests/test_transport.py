@@ -189,3 +189,20 @@ def test_the_recipients_of_an_emit_are_python_socketios_participants() -> None:
     for room in (None, "s0", "trackers:t", "nobody", ["s0", "trackers:t"], ("s2", "nobody")):
         expected = sorted(manager.get_participants("/", room))
         assert sorted(transport._participants(rooms, room)) == expected, room
+
+
+def test_events_are_encoded_as_python_socketio_encodes_them() -> None:
+    packet_class = transport.SocketServer().packet_class
+    messages: list[list[Any]] = [
+        ["checkInConfirmed", {"timestamp": 1_764_000_000_000}],
+        ["error", "Invalid session token"],
+        ["checkInMissed", {"sessionToken": "ab" * 32, "timestamp": 1, "none": None}],
+        ["e", 1.5, True, 'é\n"', {}],
+        ["e", {"nested": {"deeper": [1, 2]}}],
+        ["e", {"blob": b"\x00\x01"}],
+        ["e"],
+    ]
+    for namespace in ("/", "/other"):
+        for message in messages:
+            made = packet_class(socketio.packet.EVENT, namespace=namespace, data=message).encode()
+            assert transport._encode(packet_class, namespace, message) == made, message
