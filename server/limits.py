@@ -14,6 +14,7 @@ NAT address) waits a moment for them, one that finds them held by failures is re
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 from collections.abc import Callable, Mapping
@@ -105,6 +106,12 @@ def client_address(remote: str | None, headers: Mapping[str, str], trust_proxy: 
     if trust_proxy:
         forwarded = headers.get("X-Real-IP") or headers.get("X-Forwarded-For", "").split(",")[-1]
         address = forwarded.strip() or address
+    # Parsing costs more than the rest of a connect's bookkeeping: the addresses seen lately
+    # are remembered (short ones: a forwarded header may be long).
+    return _counted_as(address) if len(address) <= 64 else _parsed(address)
+
+
+def _parsed(address: str) -> str:
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
@@ -114,6 +121,9 @@ def client_address(remote: str | None, headers: Mapping[str, str], trust_proxy: 
             return str(ip.ipv4_mapped)
         return str(ipaddress.ip_network(f"{ip}/64", strict=False))
     return str(ip)
+
+
+_counted_as = functools.lru_cache(maxsize=4096)(_parsed)
 
 
 class Ticket:

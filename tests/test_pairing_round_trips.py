@@ -58,6 +58,10 @@ def sids(events: Events, n: str = "") -> tuple[str, str]:
     return app, phone
 
 
+def timers_of(token: str) -> dict[str, Any]:
+    return {"sessionToken": token, "reminderTimeMinutes": 60, "alertTimeMinutes": 120}
+
+
 async def pair(events: Events, sio: FakeSocketIO, code: str = CODE) -> str:
     app, phone = sids(events, code)
     await events.register_code(app, (code,))
@@ -65,6 +69,8 @@ async def pair(events: Events, sio: FakeSocketIO, code: str = CODE) -> str:
     await events.track_code(phone, (code,))
     token: str = sio.to(phone, "trackingStarted")[-1]["sessionToken"]
     assert sio.to(app, "trackerConnected") == [{"sessionToken": token}]
+    await events.set_timers(app, (timers_of(token),))
+    assert sio.to(app, "timersSet")
     return token
 
 
@@ -105,8 +111,10 @@ async def test_register_and_track_each_cost_one_round_trip(
     assert trips.count == 1
     await events.track_code(phone, (CODE,))
     assert trips.count == 2
-
     token = sio.to(phone, "trackingStarted")[-1]["sessionToken"]
+    await events.set_timers(app, (timers_of(token),))
+    assert trips.count == 3  # the record's write: the group commit
+
     assert sio.to(app, "trackerConnected") == [{"sessionToken": token}]
     assert (await events.store.current(token)) is not None
 
