@@ -17,7 +17,7 @@ from typing import Any, Final
 import msgspec
 from msgspec.structs import replace
 from redis import asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from . import keys
 from .clock import Clock
@@ -574,11 +574,20 @@ class Codes:
         if not changes:
             return []
         assert self._redis is not None
+        answers: list[Any]
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for seen, entry in changes:
-                    await self._swap_script(seen, entry, client=pipe)
-                answers = await pipe.execute(raise_on_error=False)
+            if len(changes) == 1:
+                # The usual app's one code: a script call (a pipeline with a script asks
+                # SCRIPT EXISTS first, a round trip more, every time).
+                try:
+                    answers = [await self._swap_script(*changes[0])]
+                except ResponseError as exc:  # as the pipeline answers it (raise_on_error)
+                    answers = [exc]
+            else:
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for seen, entry in changes:
+                        await self._swap_script(seen, entry, client=pipe)
+                    answers = await pipe.execute(raise_on_error=False)
         except (RedisError, OSError) as exc:
             log.warning("Releasing codes in Redis failed (%s)", exc)
             return None
