@@ -333,6 +333,7 @@ def _keys(rest: str) -> str:
         if word.startswith("{") or len(word) > 80:
             word = "<json>"
         word = re.sub(r"[0-9a-f]{64}", "<token>", word)
+        word = re.sub(r"^[0-9a-f]{40}$", "<script>", word)
         word = re.sub(r"[0-9a-f]{8}\.[\w-]+", "<sid>", word)
         word = re.sub(r"\d{6,}", "<n>", word)
         shown.append(word)
