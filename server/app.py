@@ -21,6 +21,7 @@ from .guard import GUARD, Guard
 from .instances import Instances
 from .limits import AttemptLimiter, RateLimiter
 from .metrics import Metrics
+from .pairscripts import PairingScripts
 from .persistence import RedisPersistence, RedisStore, connect
 from .relay import Relay
 from .settings import Settings
@@ -86,6 +87,7 @@ class Shared(NamedTuple):
     codes: Codes
     relay: Relay | None
     bindings: Bindings
+    scripts: PairingScripts | None  # pairing events in one Redis call each
 
 
 def build_shared(settings: Settings, clock: Clock) -> Shared:
@@ -105,6 +107,7 @@ def build_shared(settings: Settings, clock: Clock) -> Shared:
             codes,
             None,
             Bindings(),
+            None,
         )
     redis = connect(
         settings.redis_url,
@@ -138,6 +141,7 @@ def build_shared(settings: Settings, clock: Clock) -> Shared:
         ),
         Relay(redis, instances),
         Bindings(redis),
+        PairingScripts(redis),
     )
 
 
@@ -184,6 +188,7 @@ def create_app(settings: Settings, clock: Clock = wall_ms) -> web.Application:
         registrations=shared.registrations,
         pending_codes_per_socket=settings.pending_codes_per_socket,
         trackers_per_session=settings.trackers_per_session,
+        scripts=shared.scripts,
     )
     events.attach()
     shared.bindings.watch(shared.instances, events.presence, store.records)

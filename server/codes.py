@@ -17,7 +17,7 @@ from typing import Any, Final
 import msgspec
 from msgspec.structs import replace
 from redis import asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from . import keys
 from .clock import Clock
@@ -33,47 +33,57 @@ log = logging.getLogger(__name__)
 EXPIRED_ANSWER_MS: Final = 60_000
 PAIRED_MS: Final = 24 * 3600_000
 
-# KEYS: the code; the session's code-of index (or the code again); the pending-codes set of
-# the address the entry as read is counted under, and of the one the new entry is to be counted
-# under (each: or the code again, for none).
-# ARGV: the entry as read ("" none); the new entry ("" deletes); its lifetime (ms); the code;
-# how long the new entry counts as pending (ms); the most pending codes an address may hold.
+# A code's change, as a Lua function (the pairing scripts, pairscripts.py, make it part of one
+# call with the rest of an event's work). Its keys: the code; the session's code-of index (or
+# the code again); the pending-codes set of the address the entry as read is counted under, and
+# of the one the new entry is to be counted under (each: or the code again, for none). Then the
+# entry as read ("" none); the new entry ("" deletes); its lifetime (ms); the code; how long the
+# new entry counts as pending (ms); the most pending codes an address may hold.
 # Returns 1 done, 0 the entry changed meanwhile, -1 the address holds too many pending codes.
 # Each set is trimmed of what stopped counting before it is counted, by Redis's clock (TIME),
 # like the PX expiry of the codes themselves: expiry and release keep the count right.
-_SWAP: Final = """
-if (redis.call('GET', KEYS[1]) or '') ~= ARGV[1] then
-  return 0
-end
-local time = redis.call('TIME')
-local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
-if KEYS[4] ~= KEYS[1] then
-  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
-  if not redis.call('ZSCORE', KEYS[4], ARGV[4])
-     and redis.call('ZCARD', KEYS[4]) >= tonumber(ARGV[6]) then
-    return -1
+SWAP_LUA: Final = """
+local function swap(code, index, was, counted, seen, new, lifetime, value, pending_ms, most)
+  if (redis.call('GET', code) or '') ~= seen then
+    return 0
   end
-end
-if KEYS[3] ~= KEYS[1] then
-  redis.call('ZREM', KEYS[3], ARGV[4])
-end
-if ARGV[2] == '' then
-  redis.call('DEL', KEYS[1])
-else
-  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-  if KEYS[2] ~= KEYS[1] then
-    redis.call('SET', KEYS[2], ARGV[4], 'PX', ARGV[3])
+  local time = redis.call('TIME')
+  local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+  if counted ~= code then
+    redis.call('ZREMRANGEBYSCORE', counted, '-inf', now)
+    if not redis.call('ZSCORE', counted, value)
+       and redis.call('ZCARD', counted) >= tonumber(most) then
+      return -1
+    end
   end
-end
-if KEYS[4] ~= KEYS[1] then
-  local counted = tonumber(ARGV[5])
-  redis.call('ZADD', KEYS[4], now + counted, ARGV[4])
-  if redis.call('PTTL', KEYS[4]) < counted then
-    redis.call('PEXPIRE', KEYS[4], counted)
+  if was ~= code then
+    redis.call('ZREM', was, value)
   end
+  if new == '' then
+    redis.call('DEL', code)
+  else
+    redis.call('SET', code, new, 'PX', lifetime)
+    if index ~= code then
+      redis.call('SET', index, value, 'PX', lifetime)
+    end
+  end
+  if counted ~= code then
+    local ms = tonumber(pending_ms)
+    redis.call('ZADD', counted, now + ms, value)
+    if redis.call('PTTL', counted) < ms then
+      redis.call('PEXPIRE', counted, ms)
+    end
+  end
+  return 1
 end
-return 1
 """
+
+# KEYS and ARGV: those of `swap` above, in its order.
+_SWAP: Final = (
+    SWAP_LUA
+    + "return swap(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2], ARGV[3], ARGV[4], "
+    + "ARGV[5], ARGV[6])"
+)
 
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder(PendingCode).decode
@@ -128,6 +138,7 @@ class Codes:
         # to release them when their socket leaves (one round trip), to find its pending ones,
         # and to write back if Redis loses its data.
         self._owned: dict[str, dict[str, Seen]] = {}
+        self._owner_of: dict[str, str] = {}  # code -> its socket in _owned (for `cached`)
         # Paired codes whose app left from here, while their app may take them back (the grace
         # time): written back too if Redis loses its data, and looked up here while it is away.
         self._left_here: dict[str, PendingCode] = {}
@@ -224,7 +235,7 @@ class Codes:
         except (RedisError, OSError) as exc:
             log.warning("Code change in Redis failed (%s)", exc)
             return None
-        return self._swapped(seen, entry, swapped)
+        return self.swapped(seen, entry, swapped)
 
     def _swap_local(self, seen: Seen, entry: PendingCode | None) -> Seen | None:
         if self._local.get(seen.code) is not seen.entry:
@@ -248,6 +259,13 @@ class Codes:
     ) -> Awaitable[Any]:
         """The swap of one code (on `client`: a pipeline, else the connection pool)."""
         assert self._swap is not None
+        swap_keys, swap_args = self.swap_call(seen, entry)
+        return self._swap(keys=swap_keys, args=swap_args, client=client)
+
+    def swap_call(
+        self, seen: Seen, entry: PendingCode | None
+    ) -> tuple[list[str], list[str | bytes | int]]:
+        """The keys and arguments of SWAP_LUA's `swap` that change `seen` into `entry`."""
         raw = _encode(entry) if entry is not None else b""
         code_key = keys.code(seen.code)
         index = code_key
@@ -259,26 +277,51 @@ class Codes:
         pending_ms = 1
         if entry is not None and counted is not None:
             pending_ms = max(entry.expires_at - now, 1)
-        return self._swap(
-            keys=[
-                code_key,
-                index,
-                keys.pending_codes(was_counted) if was_counted else code_key,
-                keys.pending_codes(counted) if counted else code_key,
-            ],
-            args=[
-                seen.raw,
-                raw,
-                self._lifetime(entry),
-                seen.code,
-                pending_ms,
-                self._pending_per_address,
-            ],
-            client=client,
-        )
+        swap_keys = [
+            code_key,
+            index,
+            keys.pending_codes(was_counted) if was_counted else code_key,
+            keys.pending_codes(counted) if counted else code_key,
+        ]
+        swap_args: list[str | bytes | int] = [
+            seen.raw,
+            raw,
+            self._lifetime(entry),
+            seen.code,
+            pending_ms,
+            self._pending_per_address,
+        ]
+        return swap_keys, swap_args
 
-    def _swapped(self, seen: Seen, entry: PendingCode | None, swapped: Any) -> Seen | None:
-        """What the swap script answered, made a result (and the owners kept up to date)."""
+    def shared(self, code: str) -> bool:
+        """Whether Redis decides about `code` now (a pairing script may change it there)."""
+        return self._shared(code)
+
+    def cached(self, code: str) -> Seen | None:
+        """The code as this instance last wrote it to Redis, if a socket here owns it: what a
+        pairing script may expect to find there (it checks; else it answers what is there)."""
+        sid = self._owner_of.get(code)
+        return self._owned.get(sid, {}).get(code) if sid is not None else None
+
+    def _disown(self, sid: str, code: str | None = None) -> dict[str, Seen]:
+        """The socket no longer owns `code` here (None: any code); returns what it owned."""
+        owned = self._owned.get(sid, {})
+        gone = {code: owned.pop(code)} if code in owned else {}
+        if code is None:
+            gone, owned = owned, {}
+        if not owned:
+            self._owned.pop(sid, None)
+        for lost in gone:
+            if self._owner_of.get(lost) == sid:
+                del self._owner_of[lost]
+        return gone
+
+    def seen(self, code: str, raw: bytes | str | None) -> Seen:
+        """The entry a script read from Redis."""
+        return self._seen(code, raw)
+
+    def swapped(self, seen: Seen, entry: PendingCode | None, swapped: Any) -> Seen | None:
+        """What a swap answered, made a result (and the owners kept up to date)."""
         if swapped == -1:
             assert entry is not None and entry.address is not None
             raise TooManyPending(entry.address)
@@ -301,11 +344,7 @@ class Codes:
 
     def _own(self, before: PendingCode | None, after: Seen) -> None:
         if before is not None and before.tracked_sid is not None:
-            owned = self._owned.get(before.tracked_sid)
-            if owned is not None:
-                owned.pop(after.code, None)
-                if not owned:
-                    del self._owned[before.tracked_sid]
+            self._disown(before.tracked_sid, after.code)
         entry = after.entry
         self._unreleased.pop(after.code, None)  # changed in Redis since
         if entry is None or entry.tracked_sid is not None:
@@ -313,6 +352,7 @@ class Codes:
         if entry is not None and entry.tracked_sid is not None:
             if self._instances.is_local(entry.tracked_sid):
                 self._owned.setdefault(entry.tracked_sid, {})[after.code] = after
+                self._owner_of[after.code] = entry.tracked_sid
 
     def beat_ok(self, marker: str) -> None:
         """A heartbeat went through; a new data marker means Redis lost this instance's codes."""
@@ -492,7 +532,7 @@ class Codes:
         changed meanwhile (a tracker paired one there) are read again, all at once."""
         owned = self._local.owned_by(sid)
         self._local.release(sid, now)
-        mine = [seen for seen in self._owned.pop(sid, {}).values() if seen.entry is not None]
+        mine = [seen for seen in self._disown(sid).values() if seen.entry is not None]
         for _ in range(3):
             changes = [(seen, _left(seen.entry, now)) for seen in mine if seen.entry is not None]
             done = await self._swap_all(changes)
@@ -526,7 +566,7 @@ class Codes:
                         self._left_here[seen.code] = left
                 elif seen.entry.tracked_sid == sid:
                     mine.append(seen)
-        self._owned.pop(sid, None)
+        self._disown(sid)
         return owned
 
     async def _swap_all(self, changes: list[tuple[Seen, PendingCode]]) -> list[bool] | None:
@@ -534,19 +574,26 @@ class Codes:
         if not changes:
             return []
         assert self._redis is not None
+        answers: list[Any]
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for seen, entry in changes:
-                    await self._swap_script(seen, entry, client=pipe)
-                answers = await pipe.execute(raise_on_error=False)
+            if len(changes) == 1:
+                # The usual app's one code: a script call (a pipeline with a script asks
+                # SCRIPT EXISTS first, a round trip more, every time).
+                try:
+                    answers = [await self._swap_script(*changes[0])]
+                except ResponseError as exc:  # as the pipeline answers it (raise_on_error)
+                    answers = [exc]
+            else:
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for seen, entry in changes:
+                        await self._swap_script(seen, entry, client=pipe)
+                    answers = await pipe.execute(raise_on_error=False)
         except (RedisError, OSError) as exc:
             log.warning("Releasing codes in Redis failed (%s)", exc)
             return None
         done = []
         for (seen, entry), answer in zip(changes, answers, strict=True):
-            ok = (
-                not isinstance(answer, Exception) and self._swapped(seen, entry, answer) is not None
-            )
+            ok = not isinstance(answer, Exception) and self.swapped(seen, entry, answer) is not None
             done.append(ok)
         return done
 
@@ -581,6 +628,8 @@ class Codes:
                 owned[seen.code] = seen
             else:
                 owned.pop(seen.code, None)
+                if self._owner_of.get(seen.code) == sid:
+                    del self._owner_of[seen.code]
         pending = [
             seen
             for seen in fresh

@@ -134,15 +134,23 @@ class Bindings:
             sids = ", ".join(sid for sid, _, _ in bindings)
             log.warning("Binding of %s not recorded (%s)", sids, exc.__class__.__name__)
 
-    async def _bind_all(self, bindings: Collection[tuple[str, str, Role]]) -> None:
-        if self._bind is None:
-            return
+    def members(
+        self, bindings: Collection[tuple[str, str, Role]]
+    ) -> tuple[list[str], list[str], int]:
+        """For a script that records bindings (as _BIND does) in the same call as other work:
+        the set of each socket's instance, the members, and the sets' lifetime (s)."""
         instance_keys, members = [], []
         for sid, token, role in bindings:
             instance = owner(sid)
             if instance is not None:
                 instance_keys.append(keys.instance_sessions(instance))
                 members.append(binding(sid, token, role))
+        return instance_keys, members, keys.SESSION_TTL_SECONDS
+
+    async def _bind_all(self, bindings: Collection[tuple[str, str, Role]]) -> None:
+        if self._bind is None:
+            return
+        instance_keys, members, _ = self.members(bindings)
         if members:
             await self._bind(keys=instance_keys, args=[keys.SESSION_TTL_SECONDS, *members])
 

@@ -260,6 +260,23 @@ class RedisPersistence(_StoreBase):
         self._seen.setdefault(token, (raw, session))
         return live_sockets(session, self._is_live)
 
+    def create_call(self, token: str, session: Session) -> tuple[str, bytes, Session] | None:
+        if (
+            not self.available
+            or not self._rebased.is_set()
+            or token in self._sessions
+            or deadlines(session, self._clock())  # a new pairing has none to schedule
+        ):
+            return None
+        # Its first write, counted as the group commit counts it (Session.revision).
+        written = replace(session, revision=session.revision + 1)
+        return keys.session(token), _encode(written), written
+
+    def created(self, token: str, raw: bytes, session: Session) -> None:
+        super().created(token, raw, session)
+        self._seen[token] = (raw, session)
+        self._synced[token] = {}
+
     async def discard(self, token: str) -> None:
         await super().discard(token)
         with contextlib.suppress(RedisError, OSError):

@@ -171,6 +171,16 @@ class MemoryStore:
             self._remember(token, op.session)
         return op.session is not None
 
+    def create_call(self, token: str, session: Session) -> tuple[str, bytes, Session] | None:
+        """For a script that writes a new record in the same call as an event's other work:
+        its key, its JSON and the record as written. None when writes do not go straight to
+        Redis now (no Redis, Redis away, or its data being written back)."""
+        return None
+
+    def created(self, token: str, raw: bytes, session: Session) -> None:
+        """A script wrote the new record (create_call): held here as Redis holds it."""
+        self._remember(token, session)
+
     async def discard(self, token: str) -> None:
         """Forget a session nobody can know (made for a pairing that another one won)."""
         self._forget(token)

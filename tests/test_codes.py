@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from msgspec.structs import replace
 from redis import asyncio as aioredis
+from redis.asyncio.connection import AbstractConnection
 
 from server import keys
 from server.clock import wall_ms
@@ -84,6 +85,30 @@ async def test_a_leaving_socket_releases_all_its_codes_in_one_round_trip(
     for code in names:
         seen = await codes.get(code)
         assert seen.entry is not None and seen.entry.tracked_sid is None, seen
+
+
+async def test_a_socket_with_one_code_releases_it_with_one_command(
+    server_redis: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    codes, instances = codes_on(server_redis)
+    sid = f"{instances.id}.app"
+    for code in ("250000", "250001"):  # Redis learns the script (SCRIPT LOAD) once
+        assert await codes.put(entry(code, sid), await codes.get(code)) is not None
+    await codes.release(sid, wall_ms())
+    assert await codes.put(entry("250002", sid), await codes.get("250002")) is not None
+    sent: list[bytes] = []
+    original = AbstractConnection.send_packed_command
+
+    async def counted(conn: AbstractConnection, command: Any, check_health: bool = True) -> None:
+        chunks = [command] if isinstance(command, bytes | str) else list(command)
+        sent.append(b"".join(c.encode() if isinstance(c, str) else bytes(c) for c in chunks))
+        await original(conn, command, check_health)
+
+    monkeypatch.setattr(AbstractConnection, "send_packed_command", counted)
+    released = await codes.release(sid, wall_ms())
+
+    assert [e.code for e in released] == ["250002"]
+    assert len(sent) == 1 and b"EVALSHA" in sent[0]  # not SCRIPT EXISTS first, as a pipeline
 
 
 async def test_a_code_changed_by_another_instance_is_read_again_when_its_owner_leaves(
