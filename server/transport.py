@@ -705,7 +705,8 @@ class WebSockets:
 
     def __init__(self, heartbeat: websocket.Heartbeat, guard: Guard) -> None:
         # A plain set, emptied by each handler as it ends (a WeakSet adds a weakref each).
-        self._open: set[web.WebSocketResponse] = set()
+        # server.websocket's EngineWebSocket, or aiohttp's WebSocketResponse (stock driver).
+        self._open: set[Any] = set()
         self.heartbeat = heartbeat
         self.guard = guard
 
@@ -727,7 +728,7 @@ class WebSockets:
                 self.socket = handler.__self__  # engine.io's socket
                 self.server = server
 
-            def __call__(self, environ: dict[str, Any]) -> Awaitable[web.WebSocketResponse]:
+            def __call__(self, environ: dict[str, Any]) -> Awaitable[web.StreamResponse]:
                 # A coroutine, not an async def of its own: one coroutine fewer per connection.
                 max_size = self.server.max_http_buffer_size
                 return websocket.serve(

@@ -11,7 +11,9 @@ the wire is unchanged.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import base64
+import contextvars
+import hashlib
 import inspect
 import logging
 import math
@@ -21,10 +23,12 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from aiohttp import WSMessage, WSMsgType, web
+from aiohttp.http_websocket import WS_KEY
 from engineio import exceptions
 from engineio import packet as eio
 
 from . import logs
+from .wsprotocol import WebSocketProtocol
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +103,7 @@ class Connection:
     def __init__(
         self,
         socket: Any,
-        ws: web.WebSocketResponse,
+        ws: WebSocketProtocol,
         transport: asyncio.Transport,
         now: float,
         limit: int = 0,
@@ -285,75 +289,142 @@ class Heartbeat:
 
 
 def packet_data(msg: WSMessage, max_size: int) -> str | bytes | None:
-    """The Engine.IO packet in a WebSocket message; None when the client closed, sent too
-    much or garbage.
+    """The Engine.IO packet in an aiohttp WebSocket message (see engine_packet)."""
+    if msg.type is not WSMsgType.TEXT and msg.type is not WSMsgType.BINARY:
+        return None
+    return engine_packet(msg.data, max_size)
+
+
+def engine_packet(data: str | bytes, max_size: int) -> str | bytes | None:
+    """The Engine.IO packet in a WebSocket message; None when the client sent too much or
+    garbage.
 
     engine.io raises on an empty frame or an unknown packet type and logs a traceback each
     time: such a client is hung up on instead.
     """
-    data = msg.data
-    if msg.type is WSMsgType.TEXT:
-        if not data or data[0] not in "0123456":
-            client = {"client": logs.CLIENT.get() or "unknown"}
-            log.info("Malformed Engine.IO packet %r: closing", data[:20], extra=client)
-            return None
-    elif msg.type is not WSMsgType.BINARY:
+    if isinstance(data, str) and (not data or data[0] not in "0123456"):
+        client = {"client": logs.CLIENT.get() or "unknown"}
+        log.info("Malformed Engine.IO packet %r: closing", data[:20], extra=client)
         return None
     if len(data) > max_size:
         return None
-    return data  # type: ignore[no-any-return]
+    return data
 
 
-async def _upgrade(socket: Any, ws: web.WebSocketResponse, max_size: int) -> bool:
-    """engine.io's upgrade of a polling session: probe, end the pending poll, UPGRADE."""
-    socket.upgrading = True  # engine.io holds back sends (they stay queued) until done
-    if packet_data(await ws.receive(), max_size) != "2probe":
-        log.debug("%s: failed WebSocket upgrade, no probe", socket.sid)
-        socket.upgrading = False
-        return False
-    await ws.send_str(eio.Packet(eio.PONG, data="probe").encode())
-    await socket.queue.put(eio.Packet(eio.NOOP))  # ends the pending poll
-    data = packet_data(await ws.receive(), max_size)
-    if not isinstance(data, str) or not data.startswith("5"):
-        log.debug("%s: failed WebSocket upgrade, no UPGRADE packet", socket.sid)
-        socket.upgrading = False
-        return False
-    socket.upgraded = True
-    socket.upgrading = False
-    return True
+def accept(request: web.BaseRequest) -> bytes:
+    """The 101 answer to a valid WebSocket handshake (aiohttp's checks, and its answer
+    without permessage-deflate or a subprotocol); raises HTTPBadRequest otherwise."""
+    if not web.WebSocketResponse(compress=False).can_prepare(request):
+        raise web.HTTPBadRequest(text="Invalid WebSocket handshake")
+    key = request.headers["Sec-WebSocket-Key"].encode()
+    digest = base64.b64encode(hashlib.sha1(key + WS_KEY).digest())  # RFC 6455 4.2.2
+    return (
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n"
+        b"Sec-WebSocket-Accept: " + digest + b"\r\n\r\n"
+    )
 
 
-async def serve(
-    socket: Any,
-    environ: dict[str, Any],
-    max_size: int,
-    heartbeat: Heartbeat,
-    registry: set[web.WebSocketResponse],
-    outbound_bytes: int = 0,
-) -> web.WebSocketResponse:
-    """Accept the WebSocket of `environ` and run the Engine.IO socket over it until either side
-    ends it: engine.io's aiohttp driver and AsyncSocket._websocket_handler in one coroutine
-    (every coroutine lives as long as the connection), in aiohttp's handler task."""
-    request = environ["aiohttp.request"]
-    # compress=False: permessage-deflate costs ~90 KB per connection (PLATFORM.md), and the
-    # Node server never offered it.
-    ws = web.WebSocketResponse(max_msg_size=max_size, compress=False)
-    try:
-        await ws.prepare(request)
-    except BaseException:
-        release(socket)
-        raise
-    registry.add(ws)
-    try:
-        upgrade = bool(socket.connected)
-        if upgrade:
-            # Socket.IO keeps the handshake's environ; nothing reads this one again.
-            environ.clear()
-            if not await _upgrade(socket, ws, max_size):
-                return ws
+class Detached(web.StreamResponse):
+    """What aiohttp's handler returns for a WebSocket taken out of aiohttp: the 101 was sent,
+    and the connection is no longer aiohttp's to end (see serve)."""
+
+    def __init__(self) -> None:
+        super().__init__(status=101)
+
+    @property
+    def keep_alive(self) -> bool:
+        return False  # aiohttp's connection loop ends
+
+    async def prepare(self, request: web.BaseRequest) -> None:
+        return None
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        return None
+
+
+def detach(request: web.BaseRequest, protocol: asyncio.BaseProtocol) -> bytes:
+    """Take the connection of `request` from aiohttp and give it to `protocol`; what the
+    client sent after its handshake is returned, for `protocol` to read.
+
+    aiohttp's RequestHandler ends a connection after a response that is not keep-alive by
+    closing its transport, unless it no longer has one; it lets go of it when its transport
+    reports the connection lost (no more: the transport reports to `protocol`), so its
+    server's table of connections is told here. Its keep-alive timer goes too.
+    """
+    handler = request.protocol
+    transport = request.transport
+    assert transport is not None
+    tail: bytes = getattr(handler, "_message_tail", b"") or b""
+    handler.keep_alive(False)
+    handler.transport = None
+    manager = getattr(handler, "_manager", None)
+    if manager is not None:
+        manager.connection_lost(handler, None)
+    transport.set_protocol(protocol)
+    return tail
+
+
+class EngineWebSocket(WebSocketProtocol):
+    """An Engine.IO socket over a WebSocket taken out of aiohttp: its upgrade from polling
+    (probe, NOOP, UPGRADE), then every packet to engine.io / Socket.IO as engine.io's
+    AsyncSocket._websocket_handler would pass it.
+
+    A pong is handled as it is read. The other packets are handled in order, by a task that
+    runs while there are some (none while the connection is idle); while it has more than
+    BACKLOG_BYTES to go, the transport stops reading (the client is pushed back by TCP, as
+    aiohttp's reader did).
+    """
+
+    __slots__ = (
+        "_backlog",
+        "_backlog_bytes",
+        "_context",
+        "_on_message",
+        "_task",
+        "conn",
+        "heartbeat",
+        "outbound_bytes",
+        "registry",
+        "socket",
+        "state",
+    )
+
+    BACKLOG_BYTES = 1 << 16
+
+    def __init__(
+        self,
+        socket: Any,
+        transport: asyncio.Transport,
+        max_size: int,
+        heartbeat: Heartbeat,
+        registry: set[Any],
+        outbound_bytes: int,
+    ) -> None:
+        super().__init__(transport, max_size)
+        self.socket = socket
+        self.heartbeat = heartbeat
+        self.registry = registry
+        self.outbound_bytes = outbound_bytes
+        self.conn: Connection | None = None
+        self.state = PROBING if socket.connected else OPEN
+        self._backlog: list[eio.Packet] | None = None
+        self._backlog_bytes = 0
+        self._task: asyncio.Task[None] | None = None
+        # The per-client logging context of the request, for what this socket logs.
+        self._context = contextvars.copy_context()
+        handler = socket.server.handlers.get("message")
+        self._on_message = handler if inspect.iscoroutinefunction(handler) else None
+        registry.add(self)
+
+    def open(self) -> None:
+        """The Engine.IO socket is on this WebSocket from now on."""
+        socket = self.socket
+        upgrade = self.state != OPEN
+        self.state = OPEN
         socket.connected = socket.upgraded = True
-        conn = Connection(
-            socket, ws, request.transport, heartbeat.clock(), outbound_bytes, heartbeat.outbox
+        heartbeat = self.heartbeat
+        self.conn = conn = Connection(
+            socket, self, self.transport, heartbeat.clock(), self.outbound_bytes, heartbeat.outbox
         )
         # What was queued during the upgrade goes first, then the WebSocket is the queue.
         queued, socket.queue = socket.queue, conn
@@ -363,24 +434,67 @@ async def serve(
             queued.task_done()
             if pkt is not None and pkt.packet_type == eio.OPEN:
                 pkt.data = None  # engine.io's connect handler holds its OPEN packet till the end
-        del queued  # this frame lives as long as the connection
         # A session that started on polling has engine.io's ping task on the way; its pong
         # hands the pings over. One that started here was adopted before its first ping.
         heartbeat.watch(conn, ping=not upgrade)
-        # A message goes to the server's handler as engine.io's receive and _trigger_event
-        # would pass it, without their checks and the closure they make per message.
-        on_message = socket.server.handlers.get("message")
-        if not inspect.iscoroutinefunction(on_message):
-            on_message = None
+
+    def message(self, data: str | bytes) -> None:
+        conn = self.conn
+        if data == "3" and conn is not None:  # a pong, as engine.io decodes it
+            self.heartbeat.heard(conn, eio.PONG)
+            return
+        self._context.run(self._received, data)
+
+    def _received(self, data: str | bytes) -> None:
+        if engine_packet(data, self.max_size) is None:
+            self.end()
+            return
+        if self.state != OPEN:
+            self._upgrading(data)
+            return
+        assert self.conn is not None
+        pkt = eio.Packet(encoded_packet=data)
+        self.heartbeat.heard(self.conn, pkt.packet_type)
+        if pkt.packet_type == eio.PONG:
+            return
+        if self._backlog is None:
+            self._backlog = [pkt]
+            self._task = asyncio.get_running_loop().create_task(self._handle())
+        else:
+            self._backlog.append(pkt)
+        self._backlog_bytes += len(data)
+        if self._backlog_bytes > self.BACKLOG_BYTES:
+            self.transport.pause_reading()
+
+    def _upgrading(self, data: str | bytes) -> None:
+        """engine.io's upgrade of a polling session: probe, end the pending poll, UPGRADE."""
+        socket = self.socket
+        if self.state == PROBING:
+            socket.upgrading = True  # engine.io holds back sends (they stay queued) until done
+            if data != "2probe":
+                log.debug("%s: failed WebSocket upgrade, no probe", socket.sid)
+                socket.upgrading = False
+                self.end()
+                return
+            self.transport.write(frame(eio.Packet(eio.PONG, data="probe").encode()))
+            socket.queue.put_nowait(eio.Packet(eio.NOOP))  # ends the pending poll
+            self.state = UPGRADING
+            return
+        if not isinstance(data, str) or not data.startswith("5"):
+            log.debug("%s: failed WebSocket upgrade, no UPGRADE packet", socket.sid)
+            socket.upgrading = False
+            self.end()
+            return
+        socket.upgrading = False
+        self.open()
+
+    async def _handle(self) -> None:
+        """Hand the packets read to engine.io / Socket.IO, in order."""
+        socket = self.socket
+        on_message = self._on_message
         try:
-            while (data := packet_data(await ws.receive(), max_size)) is not None:
-                if data == "3":  # a pong, as engine.io decodes it, without a packet object
-                    heartbeat.heard(conn, eio.PONG)
-                    continue
-                pkt = eio.Packet(encoded_packet=data)
-                heartbeat.heard(conn, pkt.packet_type)
-                if pkt.packet_type == eio.PONG:
-                    continue
+            while (backlog := self._backlog) and not self.closed:
+                pkt = backlog.pop(0)
                 try:
                     if pkt.packet_type == eio.MESSAGE and on_message is not None:
                         try:
@@ -392,21 +506,77 @@ async def serve(
                 except exceptions.UnknownPacketError:
                     pass
                 except exceptions.SocketIsClosedError:
-                    break
+                    self.end()
                 except Exception:
                     logging.getLogger("engineio.server").exception("Unknown receive error")
                 if pkt.packet_type == eio.CLOSE or socket.closed:
-                    break  # the client left, or the server hung up on it
+                    self.end()  # the client left, or the server hung up on it
         finally:
-            heartbeat.forget(conn)
+            self._backlog, self._backlog_bytes = None, 0
+            if not self.transport.is_closing():
+                self.transport.resume_reading()
+            if self.closed:
+                await self._close_socket()
+            self._task = None
+
+    def ended(self) -> None:
+        if self.registry is None:
+            return  # once
+        self.registry.discard(self)
+        self.registry = None  # type: ignore[assignment]
+        conn = self.conn
+        if conn is not None:
+            self.heartbeat.forget(conn)
+        if self.state != OPEN:
+            self.socket.upgrading = False
+            return  # the session goes on polling
+        if conn is not None:
             conn.flush()  # e.g. engine.io's CLOSE, before the close frame
-            with contextlib.suppress(Exception):
-                await ws.close()
-            reason = socket.server.reason.TRANSPORT_CLOSE
-            await socket.close(wait=False, abort=True, reason=reason)
-    finally:
-        registry.discard(ws)
-    return ws
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(
+                self._close_socket(), context=self._context
+            )
+
+    async def _close_socket(self) -> None:
+        socket = self.socket
+        await socket.close(wait=False, abort=True, reason=socket.server.reason.TRANSPORT_CLOSE)
+
+
+PROBING, UPGRADING, OPEN = 0, 1, 2
+
+
+async def serve(
+    socket: Any,
+    environ: dict[str, Any],
+    max_size: int,
+    heartbeat: Heartbeat,
+    registry: set[Any],
+    outbound_bytes: int = 0,
+) -> web.StreamResponse:
+    """Accept the WebSocket of `environ` and hand its connection to an EngineWebSocket, out
+    of aiohttp: aiohttp's request, response and task end here."""
+    request = environ["aiohttp.request"]
+    transport = request.transport
+    try:
+        if transport is None or transport.is_closing():
+            raise ConnectionResetError("Connection lost")
+        answer = accept(request)
+    except BaseException:
+        release(socket)
+        raise
+    if socket.connected:
+        # Socket.IO keeps the handshake's environ; nothing reads this one again.
+        environ.clear()
+    # compress=False in effect: permessage-deflate costs ~90 KB per connection
+    # (PLATFORM.md), and the Node server never offered it.
+    transport.write(answer)
+    ws = EngineWebSocket(socket, transport, max_size, heartbeat, registry, outbound_bytes)
+    tail = detach(request, ws)
+    if ws.state == OPEN:
+        ws.open()
+    if tail:
+        ws.data_received(tail)
+    return Detached()
 
 
 def adopt(socket: Any) -> None:

@@ -1,0 +1,319 @@
+"""The WebSocket frames of a client, read without aiohttp (server.wsprotocol), and the
+connections that aiohttp lets go of once their handshake is answered (server.websocket)."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+import struct
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from aiohttp.web_protocol import RequestHandler
+
+from server import transport, wsprotocol
+from server.websocket import EngineWebSocket, Heartbeat
+from server.wsprotocol import WebSocketProtocol
+
+
+def client_frame(
+    opcode: int, payload: bytes, *, fin: bool = True, masked: bool = True, rsv: int = 0
+) -> bytes:
+    """A frame as a client sends it (RFC 6455 5.2): masked, unless told otherwise."""
+    first = (0x80 if fin else 0) | rsv | opcode
+    size = len(payload)
+    mask_bit = 0x80 if masked else 0
+    if size < 126:
+        head = struct.pack("!BB", first, mask_bit | size)
+    elif size < 1 << 16:
+        head = struct.pack("!BBH", first, mask_bit | 126, size)
+    else:
+        head = struct.pack("!BBQ", first, mask_bit | 127, size)
+    if not masked:
+        return head + payload
+    mask = os.urandom(4)
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def text(data: str, **kwargs: bool) -> bytes:
+    return client_frame(wsprotocol.TEXT, data.encode(), **kwargs)
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.closed = self.aborted = self.paused = False
+
+    def write(self, data: bytes) -> None:
+        assert not self.closed
+        self.written.append(data)
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.closed = self.aborted = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+    def resume_reading(self) -> None:
+        self.paused = False
+
+
+class Recorder(WebSocketProtocol):
+    __slots__ = ("ends", "messages")
+
+    def __init__(self, transport: FakeTransport, max_size: int = 1000) -> None:
+        super().__init__(transport, max_size)  # type: ignore[arg-type]
+        self.messages: list[str | bytes] = []
+        self.ends = 0
+
+    def message(self, data: str | bytes) -> None:
+        self.messages.append(data)
+
+    def ended(self) -> None:
+        self.ends += 1
+
+
+def reader(max_size: int = 1000) -> tuple[Recorder, FakeTransport]:
+    tr = FakeTransport()
+    return Recorder(tr, max_size), tr
+
+
+def closed_with(tr: FakeTransport, code: int) -> bool:
+    return tr.closed and tr.written[-1] == wsprotocol.close_frame(code)
+
+
+def test_text_and_binary_messages_are_read_and_unmasked() -> None:
+    ws, tr = reader()
+    ws.data_received(text("3") + text("4hello") + client_frame(wsprotocol.BINARY, b"\x00\xff"))
+    ws.data_received(text("42é"))
+    assert ws.messages == ["3", "4hello", b"\x00\xff", "42é"]
+    assert not tr.closed and tr.written == []
+
+
+def test_a_frame_split_across_reads_is_read_once_whole() -> None:
+    ws, tr = reader(100_000)
+    data = text("4" + "x" * 300) + text("3") + text("4" + "y" * 70_000)
+    for i in range(0, len(data), 7):
+        ws.data_received(data[i : i + 7])
+    assert ws.messages == ["4" + "x" * 300, "3", "4" + "y" * 70_000]
+    assert not tr.closed
+
+
+def test_a_fragmented_message_is_assembled_with_control_frames_in_between() -> None:
+    ws, tr = reader()
+    ws.data_received(text("4ab", fin=False))
+    ws.data_received(client_frame(wsprotocol.PING, b"hi"))
+    ws.data_received(client_frame(wsprotocol.CONTINUATION, b"cd", fin=False))
+    ws.data_received(client_frame(wsprotocol.PONG, b""))
+    assert ws.messages == []
+    ws.data_received(client_frame(wsprotocol.CONTINUATION, "é".encode()))
+    assert ws.messages == ["4abcdé"]
+    assert tr.written == [wsprotocol.control_frame(wsprotocol.PONG, b"hi")]
+    # The next message starts afresh.
+    ws.data_received(text("3"))
+    assert ws.messages == ["4abcdé", "3"]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        text("4" + "x" * 1000),  # one byte over
+        text("4" + "x" * 600, fin=False) + client_frame(wsprotocol.CONTINUATION, b"x" * 400),
+    ],
+    ids=["one frame", "fragments"],
+)
+def test_a_message_over_the_limit_is_refused_with_1009_before_it_is_read(data: bytes) -> None:
+    ws, tr = reader(1000)
+    ws.data_received(data[:20])  # its header tells: not buffered up to its end
+    ws.data_received(data[20:])
+    assert ws.messages == []
+    assert closed_with(tr, 1009) and ws.ends == 1
+
+
+def test_a_message_at_the_limit_is_read() -> None:
+    ws, tr = reader(1000)
+    ws.data_received(text("4" + "x" * 999))
+    assert len(ws.messages[0]) == 1000 and not tr.closed
+
+
+@pytest.mark.parametrize(
+    ("data", "code"),
+    [
+        (text("4hello", masked=False), 1002),
+        (text("4hello", rsv=0x40), 1002),
+        (client_frame(0x3, b"x"), 1002),  # reserved data opcode
+        (client_frame(0xB, b"x"), 1002),  # reserved control opcode
+        (client_frame(wsprotocol.PING, b"x", fin=False), 1002),
+        (client_frame(wsprotocol.PING, b"x" * 126), 1002),
+        (client_frame(wsprotocol.CONTINUATION, b"x"), 1002),
+        (text("4a", fin=False) + text("4b"), 1002),  # a new message inside a fragmented one
+        (client_frame(wsprotocol.TEXT, b"4\xff\xfe"), 1007),
+        (client_frame(wsprotocol.TEXT, b"\xc3"), 1007),  # one byte, not UTF-8
+        (client_frame(wsprotocol.CLOSE, b"\x03"), 1002),
+        (client_frame(wsprotocol.CLOSE, struct.pack("!H", 1005)), 1002),
+        (client_frame(wsprotocol.CLOSE, struct.pack("!H", 1000) + b"\xff"), 1007),
+        (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", 1002),  # garbage
+    ],
+)
+def test_a_bad_frame_closes_the_connection_with_its_code(data: bytes, code: int) -> None:
+    ws, tr = reader()
+    ws.data_received(data + text("4after"))
+    assert [m for m in ws.messages if m == "4after"] == []
+    assert closed_with(tr, code) and ws.ends == 1
+    ws.connection_lost(None)
+    assert ws.closed
+
+
+def test_a_close_frame_of_the_client_is_answered_and_the_connection_closed() -> None:
+    ws, tr = reader()
+    ws.data_received(client_frame(wsprotocol.CLOSE, struct.pack("!H", 1001) + b"bye") + text("4"))
+    assert ws.messages == [] and closed_with(tr, 1000) and ws.ends == 1
+
+
+def test_an_empty_close_frame_is_a_close_too() -> None:
+    ws, tr = reader()
+    ws.data_received(client_frame(wsprotocol.CLOSE, b""))
+    assert closed_with(tr, 1000)
+
+
+async def test_closing_waits_for_the_client_close_frame_and_reads_nothing_more() -> None:
+    ws, tr = reader()
+    closing = asyncio.create_task(ws.close(1001))
+    await asyncio.sleep(0)
+    assert tr.written == [wsprotocol.close_frame(1001)] and not tr.closed and ws.ends == 1
+    ws.data_received(text("4late") + client_frame(wsprotocol.PING, b""))
+    assert ws.messages == [] and tr.written == [wsprotocol.close_frame(1001)]
+    ws.data_received(client_frame(wsprotocol.CLOSE, struct.pack("!H", 1000)))
+    assert tr.closed and tr.written == [wsprotocol.close_frame(1001)]  # not answered twice
+    ws.connection_lost(None)
+    assert await asyncio.wait_for(closing, 1) is True
+
+
+async def test_a_client_that_does_not_answer_a_close_is_aborted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(wsprotocol, "CLOSE_TIMEOUT", 0.05)
+    ws, tr = reader()
+    ws.end()
+    await asyncio.sleep(0.1)
+    assert tr.aborted
+
+
+def test_frames_with_16_and_64_bit_lengths_are_read() -> None:
+    ws, _ = reader(1 << 20)
+    ws.data_received(client_frame(wsprotocol.BINARY, b"a" * 200))
+    ws.data_received(client_frame(wsprotocol.BINARY, b"b" * 70_000))
+    assert ws.messages == [b"a" * 200, b"b" * 70_000]
+
+
+# --- a real server: the connection is no longer aiohttp's --------------------------------------
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[tuple[str, transport.WebSockets]]:
+    sio = transport.SocketServer(async_mode="aiohttp", max_http_buffer_size=1000)
+
+    @sio.on("connect")  # type: ignore[untyped-decorator]
+    async def connect(sid: str, environ: dict[str, Any]) -> None:
+        environ.clear()  # as the app's (events.py): the HTTP request is not kept
+
+    @sio.on("echo")  # type: ignore[untyped-decorator]
+    async def echo(sid: str, data: str) -> str:
+        return data
+
+    app = web.Application()
+    sio.attach(app)
+    websockets = transport.install(sio, Heartbeat(25, 20))
+    test_server = TestServer(app)
+    await test_server.start_server()
+    yield f"http://127.0.0.1:{test_server.port}/socket.io/?EIO=4&transport=websocket", websockets
+    await test_server.close()
+
+
+def alive(kind: type) -> int:
+    gc.collect()
+    return sum(1 for obj in gc.get_objects() if isinstance(obj, kind))
+
+
+async def test_aiohttp_holds_nothing_of_an_open_websocket(
+    server: tuple[str, transport.WebSockets],
+) -> None:
+    url, websockets = server
+    before = {
+        kind: alive(kind) for kind in (web.BaseRequest, RequestHandler, web.WebSocketResponse)
+    }
+    async with aiohttp.ClientSession() as http:
+        clients = [await http.ws_connect(url) for _ in range(20)]
+        for ws in clients:
+            assert (await ws.receive_str()).startswith("0{")
+            await ws.send_str("40")
+            assert (await ws.receive_str()).startswith("40")
+            await ws.send_str('421["echo","hi"]')
+            assert await ws.receive_str() == '431["hi"]'
+        assert len(websockets) == 20
+        for kind, count in before.items():
+            assert alive(kind) == count, kind  # the clients' own are not web.* objects
+        assert alive(EngineWebSocket) == 20
+        # No task per idle connection.
+        tasks = [t for t in asyncio.all_tasks() if "EngineWebSocket" in repr(t.get_coro())]
+        assert tasks == []
+        # And a close frame still ends one.
+        await clients[0].close()
+        for _ in range(40):
+            if len(websockets) == 19:
+                break
+            await asyncio.sleep(0.05)
+        assert len(websockets) == 19
+        for ws in clients[1:]:
+            await ws.close()
+
+
+async def test_the_server_closes_every_websocket_on_shutdown(
+    server: tuple[str, transport.WebSockets],
+) -> None:
+    url, websockets = server
+    async with aiohttp.ClientSession() as http:
+        clients = [await http.ws_connect(url) for _ in range(3)]
+        for ws in clients:
+            await ws.receive_str()
+        closing = asyncio.create_task(websockets.close_all())
+        for ws in clients:
+            message = await ws.receive()  # and the client answers the close frame
+            assert message.type is aiohttp.WSMsgType.CLOSE and message.data == 1001
+        await asyncio.wait_for(closing, 2)
+        assert len(websockets) == 0
+
+
+async def test_a_message_over_the_limit_ends_the_websocket_with_1009(
+    server: tuple[str, transport.WebSockets],
+) -> None:
+    url, _ = server
+    async with aiohttp.ClientSession() as http:
+        async with http.ws_connect(url) as ws:
+            await ws.receive_str()
+            await ws.send_str("4" + "x" * 1000)
+            message = await ws.receive()
+            assert message.type is aiohttp.WSMsgType.CLOSE and message.data == 1009
+
+
+async def test_a_malformed_engine_io_packet_ends_the_websocket(
+    server: tuple[str, transport.WebSockets],
+) -> None:
+    url, _ = server
+    async with aiohttp.ClientSession() as http:
+        async with http.ws_connect(url) as ws:
+            await ws.receive_str()
+            await ws.send_str("x")
+            message = await ws.receive()
+            assert message.type is aiohttp.WSMsgType.CLOSE and message.data == 1000
