@@ -1,11 +1,14 @@
-"""Engine.IO over WebSocket without a task per connection.
+"""Engine.IO over WebSocket without a task per connection, and out of aiohttp.
 
 engine.io runs each WebSocket with a writer task, a reader that starts a task and an
-asyncio.wait_for per message, and a task sleeping until the next ping: with aiohttp's own two
-tasks, six tasks and their timers per idle connection (~8 KB of 28). Here the reader loop runs
-in aiohttp's handler task, packets are written to the socket as they are sent, and one
-heartbeat for all connections sends the pings and hangs up on the silent ones. What goes over
-the wire is unchanged.
+asyncio.wait_for per message, and a task sleeping until the next ping; aiohttp holds the
+request, its parser, the WebSocketResponse with its reader and writer, and the task of its
+connection loop for as long as the WebSocket is open (~12 KB of an idle connection's ~20).
+Here aiohttp answers the handshake's request only: the 101 is written, and the connection is
+handed to an EngineWebSocket (server.wsprotocol reads the frames), which passes the packets to
+engine.io / Socket.IO; packets are written to the socket as they are sent, and one heartbeat
+for all connections sends the pings and hangs up on the silent ones. What goes over the wire
+is unchanged.
 """
 
 from __future__ import annotations
@@ -364,6 +367,13 @@ def detach(request: web.BaseRequest, protocol: asyncio.BaseProtocol) -> bytes:
     return tail
 
 
+PROBING, UPGRADING, OPEN = 0, 1, 2  # EngineWebSocket.state
+# Packets read and not handled yet, in bytes (as aiohttp's reader queue, 64 KiB), each counted
+# with about what its Packet object costs: over this the transport stops reading.
+BACKLOG_BYTES: Final = 1 << 16
+PACKET_OVERHEAD: Final = 64
+
+
 class EngineWebSocket(WebSocketProtocol):
     """An Engine.IO socket over a WebSocket taken out of aiohttp: its upgrade from polling
     (probe, NOOP, UPGRADE), then every packet to engine.io / Socket.IO as engine.io's
@@ -388,8 +398,6 @@ class EngineWebSocket(WebSocketProtocol):
         "socket",
         "state",
     )
-
-    BACKLOG_BYTES = 1 << 16
 
     def __init__(
         self,
@@ -453,7 +461,12 @@ class EngineWebSocket(WebSocketProtocol):
             self._upgrading(data)
             return
         assert self.conn is not None
-        pkt = eio.Packet(encoded_packet=data)
+        try:
+            pkt = eio.Packet(encoded_packet=data)
+        except Exception as exc:  # engine.io decodes JSON here; nothing known raises
+            log.info("Malformed Engine.IO packet: %s: closing", str(exc)[:200])
+            self.end()
+            return
         self.heartbeat.heard(self.conn, pkt.packet_type)
         if pkt.packet_type == eio.PONG:
             return
@@ -462,8 +475,8 @@ class EngineWebSocket(WebSocketProtocol):
             self._task = asyncio.get_running_loop().create_task(self._handle())
         else:
             self._backlog.append(pkt)
-        self._backlog_bytes += len(data)
-        if self._backlog_bytes > self.BACKLOG_BYTES:
+        self._backlog_bytes += len(data) + PACKET_OVERHEAD
+        if self._backlog_bytes > BACKLOG_BYTES and not self.transport.is_closing():
             self.transport.pause_reading()
 
     def _upgrading(self, data: str | bytes) -> None:
@@ -493,7 +506,9 @@ class EngineWebSocket(WebSocketProtocol):
         socket = self.socket
         on_message = self._on_message
         try:
-            while (backlog := self._backlog) and not self.closed:
+            # What was read before the connection ended is handled too (as aiohttp's reader
+            # queue gave it), unless the Engine.IO socket is closed.
+            while (backlog := self._backlog) and not socket.closed:
                 pkt = backlog.pop(0)
                 try:
                     if pkt.packet_type == eio.MESSAGE and on_message is not None:
@@ -507,10 +522,12 @@ class EngineWebSocket(WebSocketProtocol):
                     pass
                 except exceptions.SocketIsClosedError:
                     self.end()
+                    break
                 except Exception:
                     logging.getLogger("engineio.server").exception("Unknown receive error")
                 if pkt.packet_type == eio.CLOSE or socket.closed:
                     self.end()  # the client left, or the server hung up on it
+                    break
         finally:
             self._backlog, self._backlog_bytes = None, 0
             if not self.transport.is_closing():
@@ -539,10 +556,10 @@ class EngineWebSocket(WebSocketProtocol):
 
     async def _close_socket(self) -> None:
         socket = self.socket
-        await socket.close(wait=False, abort=True, reason=socket.server.reason.TRANSPORT_CLOSE)
-
-
-PROBING, UPGRADING, OPEN = 0, 1, 2
+        try:
+            await socket.close(wait=False, abort=True, reason=socket.server.reason.TRANSPORT_CLOSE)
+        except Exception:
+            log.exception("Closing %s failed", socket.sid)
 
 
 async def serve(

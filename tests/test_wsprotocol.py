@@ -232,6 +232,11 @@ async def server() -> AsyncIterator[tuple[str, transport.WebSockets]]:
     async def echo(sid: str, data: str) -> str:
         return data
 
+    @sio.on("record")  # type: ignore[untyped-decorator]
+    async def record(sid: str, data: str) -> None:
+        RECORDED.append(data)
+
+    RECORDED.clear()
     app = web.Application()
     sio.attach(app)
     websockets = transport.install(sio, Heartbeat(25, 20))
@@ -317,3 +322,106 @@ async def test_a_malformed_engine_io_packet_ends_the_websocket(
             await ws.send_str("x")
             message = await ws.receive()
             assert message.type is aiohttp.WSMsgType.CLOSE and message.data == 1000
+
+
+async def test_what_a_client_sent_before_it_closed_is_still_handled(
+    server: tuple[str, transport.WebSockets],
+) -> None:
+    url, websockets = server
+    async with aiohttp.ClientSession() as http:
+        ws = await http.ws_connect(url)
+        await ws.receive_str()
+        await ws.send_str("40")
+        await ws.receive_str()
+        for i in range(5):
+            await ws.send_str(f'42["record","{i}"]')
+        await ws.close()
+    for _ in range(40):
+        if len(websockets) == 0 and len(RECORDED) == 5:
+            break
+        await asyncio.sleep(0.05)
+    assert RECORDED == ["0", "1", "2", "3", "4"]
+    assert len(websockets) == 0
+
+
+RECORDED: list[str] = []
+
+
+class FakeEngineSocket:
+    """An engine.io socket whose handling of a message waits until told."""
+
+    def __init__(self) -> None:
+        self.sid = "s"
+        self.connected = self.closed = False
+        self.upgraded = self.upgrading = False
+        self.last_ping: float | None = None
+        self.release = asyncio.Event()
+        self.received: list[Any] = []
+        self.queue = transport.PacketQueue()
+        self.server = self
+        self.handlers: dict[str, Any] = {}
+
+    async def receive(self, pkt: Any) -> None:
+        await self.release.wait()
+        self.received.append(pkt.data)
+
+    async def close(self, **kwargs: Any) -> None:
+        self.closed = True
+
+
+async def test_a_client_that_floods_is_not_read_until_its_packets_are_handled() -> None:
+    socket = FakeEngineSocket()
+    tr = FakeTransport()
+    heartbeat = Heartbeat(25, 20)
+    ws = EngineWebSocket(socket, tr, 10_000, heartbeat, set(), 0)  # type: ignore[arg-type]
+    ws.open()
+    for _ in range(600):
+        ws.data_received(text("6" + "x" * 100))  # NOOPs
+    assert tr.paused  # over 64 KiB waiting
+    socket.release.set()
+    for _ in range(100):
+        await asyncio.sleep(0)
+        if not tr.paused:
+            break
+    assert not tr.paused and len(socket.received) == 600
+    heartbeat.forget(ws.conn)  # type: ignore[arg-type]
+
+
+def test_a_websocket_runs_on_uvloop_as_on_asyncio() -> None:
+    uvloop = pytest.importorskip("uvloop")
+
+    async def scenario() -> None:
+        sio = transport.SocketServer(async_mode="aiohttp", max_http_buffer_size=1000)
+
+        @sio.on("echo")  # type: ignore[untyped-decorator]
+        async def echo(sid: str, data: str) -> str:
+            return data
+
+        app = web.Application()
+        sio.attach(app)
+        websockets = transport.install(sio, Heartbeat(25, 20))
+        test_server = TestServer(app)
+        await test_server.start_server()
+        url = f"http://127.0.0.1:{test_server.port}/socket.io/?EIO=4&transport=websocket"
+        try:
+            async with aiohttp.ClientSession() as http:
+                async with http.ws_connect(url) as ws:
+                    assert (await ws.receive_str()).startswith("0{")
+                    await ws.send_str("40")
+                    assert (await ws.receive_str()).startswith("40")
+                    await ws.send_str('421["echo","hi"]')
+                    assert await ws.receive_str() == '431["hi"]'
+                    await ws.send_str("4" + "x" * 1000)
+                    message = await ws.receive()
+                    assert message.type is aiohttp.WSMsgType.CLOSE and message.data == 1009
+            for _ in range(40):
+                if len(websockets) == 0:
+                    break
+                await asyncio.sleep(0.05)
+            assert len(websockets) == 0
+        finally:
+            await test_server.close()
+
+    runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
+    with runner:
+        runner.run(scenario())
