@@ -556,10 +556,15 @@ class EngineWebSocket(WebSocketProtocol):
 
     async def _close_socket(self) -> None:
         socket = self.socket
+        server = socket.server
         try:
-            await socket.close(wait=False, abort=True, reason=socket.server.reason.TRANSPORT_CLOSE)
+            await socket.close(wait=False, abort=True, reason=server.reason.TRANSPORT_CLOSE)
         except Exception:
             log.exception("Closing %s failed", socket.sid)
+        # As engine.io's handle_request does once its WebSocket handler returns (ours returns
+        # as soon as the WebSocket is open).
+        if socket.closed and server.sockets.get(socket.sid) is socket:
+            del server.sockets[socket.sid]
 
 
 async def serve(

@@ -221,7 +221,7 @@ def test_frames_with_16_and_64_bit_lengths_are_read() -> None:
 
 
 @pytest.fixture
-async def server() -> AsyncIterator[tuple[str, transport.WebSockets]]:
+async def server() -> AsyncIterator[tuple[str, transport.WebSockets, Any]]:
     sio = transport.SocketServer(async_mode="aiohttp", max_http_buffer_size=1000)
 
     @sio.on("connect")  # type: ignore[untyped-decorator]
@@ -242,7 +242,11 @@ async def server() -> AsyncIterator[tuple[str, transport.WebSockets]]:
     websockets = transport.install(sio, Heartbeat(25, 20))
     test_server = TestServer(app)
     await test_server.start_server()
-    yield f"http://127.0.0.1:{test_server.port}/socket.io/?EIO=4&transport=websocket", websockets
+    yield (
+        f"http://127.0.0.1:{test_server.port}/socket.io/?EIO=4&transport=websocket",
+        websockets,
+        sio,
+    )
     await test_server.close()
 
 
@@ -252,9 +256,9 @@ def alive(kind: type) -> int:
 
 
 async def test_aiohttp_holds_nothing_of_an_open_websocket(
-    server: tuple[str, transport.WebSockets],
+    server: tuple[str, transport.WebSockets, Any],
 ) -> None:
-    url, websockets = server
+    url, websockets, sio = server
     before = {
         kind: alive(kind) for kind in (web.BaseRequest, RequestHandler, web.WebSocketResponse)
     }
@@ -282,12 +286,17 @@ async def test_aiohttp_holds_nothing_of_an_open_websocket(
         assert len(websockets) == 19
         for ws in clients[1:]:
             await ws.close()
+    for _ in range(40):
+        if not sio.eio.sockets:
+            break
+        await asyncio.sleep(0.05)
+    assert sio.eio.sockets == {} and len(websockets) == 0
 
 
 async def test_the_server_closes_every_websocket_on_shutdown(
-    server: tuple[str, transport.WebSockets],
+    server: tuple[str, transport.WebSockets, Any],
 ) -> None:
-    url, websockets = server
+    url, websockets, _ = server
     async with aiohttp.ClientSession() as http:
         clients = [await http.ws_connect(url) for _ in range(3)]
         for ws in clients:
@@ -301,9 +310,9 @@ async def test_the_server_closes_every_websocket_on_shutdown(
 
 
 async def test_a_message_over_the_limit_ends_the_websocket_with_1009(
-    server: tuple[str, transport.WebSockets],
+    server: tuple[str, transport.WebSockets, Any],
 ) -> None:
-    url, _ = server
+    url, _, _ = server
     async with aiohttp.ClientSession() as http:
         async with http.ws_connect(url) as ws:
             await ws.receive_str()
@@ -313,9 +322,9 @@ async def test_a_message_over_the_limit_ends_the_websocket_with_1009(
 
 
 async def test_a_malformed_engine_io_packet_ends_the_websocket(
-    server: tuple[str, transport.WebSockets],
+    server: tuple[str, transport.WebSockets, Any],
 ) -> None:
-    url, _ = server
+    url, _, _ = server
     async with aiohttp.ClientSession() as http:
         async with http.ws_connect(url) as ws:
             await ws.receive_str()
@@ -325,9 +334,9 @@ async def test_a_malformed_engine_io_packet_ends_the_websocket(
 
 
 async def test_what_a_client_sent_before_it_closed_is_still_handled(
-    server: tuple[str, transport.WebSockets],
+    server: tuple[str, transport.WebSockets, Any],
 ) -> None:
-    url, websockets = server
+    url, websockets, sio = server
     async with aiohttp.ClientSession() as http:
         ws = await http.ws_connect(url)
         await ws.receive_str()
@@ -342,6 +351,7 @@ async def test_what_a_client_sent_before_it_closed_is_still_handled(
         await asyncio.sleep(0.05)
     assert RECORDED == ["0", "1", "2", "3", "4"]
     assert len(websockets) == 0
+    assert sio.eio.sockets == {}  # forgotten at once, as engine.io does
 
 
 RECORDED: list[str] = []
