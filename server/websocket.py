@@ -31,6 +31,7 @@ from engineio import exceptions
 from engineio import packet as eio
 
 from . import logs
+from .tasks import running_loop
 from .wsprotocol import WebSocketProtocol
 
 log = logging.getLogger(__name__)
@@ -472,7 +473,7 @@ class EngineWebSocket(WebSocketProtocol):
             return
         if self._backlog is None:
             self._backlog = [pkt]
-            self._task = asyncio.get_running_loop().create_task(self._handle())
+            self._task = running_loop().create_task(self._handle())
         else:
             self._backlog.append(pkt)
         self._backlog_bytes += len(data) + PACKET_OVERHEAD
