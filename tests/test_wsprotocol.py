@@ -7,7 +7,7 @@ import asyncio
 import gc
 import os
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
@@ -220,34 +220,63 @@ def test_frames_with_16_and_64_bit_lengths_are_read() -> None:
 # --- a real server: the connection is no longer aiohttp's --------------------------------------
 
 
+class Server:
+    """A Socket.IO server on this transport (1,000-byte messages at most): `echo` answers
+    its argument, `record` appends it to `recorded`."""
+
+    def __init__(self) -> None:
+        self.sio = transport.SocketServer(async_mode="aiohttp", max_http_buffer_size=1000)
+        self.recorded: list[str] = []
+        sio = self.sio
+
+        @sio.on("connect")  # type: ignore[untyped-decorator]
+        async def connect(sid: str, environ: dict[str, Any]) -> None:
+            environ.clear()  # as the app's (events.py): the HTTP request is not kept
+
+        @sio.on("echo")  # type: ignore[untyped-decorator]
+        async def echo(sid: str, data: str) -> str:
+            return data
+
+        @sio.on("record")  # type: ignore[untyped-decorator]
+        async def record(sid: str, data: str) -> None:
+            self.recorded.append(data)
+
+        app = web.Application()
+        sio.attach(app)
+        self.websockets = transport.install(sio, Heartbeat(25, 20))
+        self.http = TestServer(app)
+        self.url = ""
+
+    async def __aenter__(self) -> Server:
+        await self.http.start_server()
+        self.url = f"http://127.0.0.1:{self.http.port}/socket.io/?EIO=4&transport=websocket"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.http.close()
+
+
 @pytest.fixture
-async def server() -> AsyncIterator[tuple[str, transport.WebSockets, Any]]:
-    sio = transport.SocketServer(async_mode="aiohttp", max_http_buffer_size=1000)
+async def server() -> AsyncIterator[Server]:
+    async with Server() as running:
+        yield running
 
-    @sio.on("connect")  # type: ignore[untyped-decorator]
-    async def connect(sid: str, environ: dict[str, Any]) -> None:
-        environ.clear()  # as the app's (events.py): the HTTP request is not kept
 
-    @sio.on("echo")  # type: ignore[untyped-decorator]
-    async def echo(sid: str, data: str) -> str:
-        return data
+async def connected(http: aiohttp.ClientSession, url: str) -> aiohttp.ClientWebSocketResponse:
+    """A WebSocket client that has opened its Engine.IO and Socket.IO sessions."""
+    ws = await http.ws_connect(url)
+    assert (await ws.receive_str()).startswith("0{")
+    await ws.send_str("40")
+    assert (await ws.receive_str()).startswith("40")
+    return ws
 
-    @sio.on("record")  # type: ignore[untyped-decorator]
-    async def record(sid: str, data: str) -> None:
-        RECORDED.append(data)
 
-    RECORDED.clear()
-    app = web.Application()
-    sio.attach(app)
-    websockets = transport.install(sio, Heartbeat(25, 20))
-    test_server = TestServer(app)
-    await test_server.start_server()
-    yield (
-        f"http://127.0.0.1:{test_server.port}/socket.io/?EIO=4&transport=websocket",
-        websockets,
-        sio,
-    )
-    await test_server.close()
+async def eventually(check: Callable[[], bool]) -> None:
+    for _ in range(60):
+        if check():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("condition not met in time")
 
 
 def alive(kind: type) -> int:
@@ -255,110 +284,67 @@ def alive(kind: type) -> int:
     return sum(1 for obj in gc.get_objects() if isinstance(obj, kind))
 
 
-async def test_aiohttp_holds_nothing_of_an_open_websocket(
-    server: tuple[str, transport.WebSockets, Any],
-) -> None:
-    url, websockets, sio = server
-    before = {
-        kind: alive(kind) for kind in (web.BaseRequest, RequestHandler, web.WebSocketResponse)
-    }
+async def test_aiohttp_holds_nothing_of_an_open_websocket(server: Server) -> None:
+    kinds = (web.BaseRequest, RequestHandler, web.WebSocketResponse)
+    before = {kind: alive(kind) for kind in kinds}
     async with aiohttp.ClientSession() as http:
-        clients = [await http.ws_connect(url) for _ in range(20)]
+        clients = [await connected(http, server.url) for _ in range(20)]
         for ws in clients:
-            assert (await ws.receive_str()).startswith("0{")
-            await ws.send_str("40")
-            assert (await ws.receive_str()).startswith("40")
             await ws.send_str('421["echo","hi"]')
             assert await ws.receive_str() == '431["hi"]'
-        assert len(websockets) == 20
+        assert len(server.websockets) == 20
         for kind, count in before.items():
             assert alive(kind) == count, kind  # the clients' own are not web.* objects
         assert alive(EngineWebSocket) == 20
         # No task per idle connection.
-        tasks = [t for t in asyncio.all_tasks() if "EngineWebSocket" in repr(t.get_coro())]
-        assert tasks == []
+        assert [t for t in asyncio.all_tasks() if "EngineWebSocket" in repr(t.get_coro())] == []
         # And a close frame still ends one.
         await clients[0].close()
-        for _ in range(40):
-            if len(websockets) == 19:
-                break
-            await asyncio.sleep(0.05)
-        assert len(websockets) == 19
+        await eventually(lambda: len(server.websockets) == 19)
         for ws in clients[1:]:
             await ws.close()
-    for _ in range(40):
-        if not sio.eio.sockets:
-            break
-        await asyncio.sleep(0.05)
-    assert sio.eio.sockets == {} and len(websockets) == 0
+    await eventually(lambda: not server.sio.eio.sockets)
+    assert len(server.websockets) == 0
 
 
-async def test_the_server_closes_every_websocket_on_shutdown(
-    server: tuple[str, transport.WebSockets, Any],
-) -> None:
-    url, websockets, _ = server
+async def test_the_server_closes_every_websocket_on_shutdown(server: Server) -> None:
     async with aiohttp.ClientSession() as http:
-        clients = [await http.ws_connect(url) for _ in range(3)]
-        for ws in clients:
-            await ws.receive_str()
-        closing = asyncio.create_task(websockets.close_all())
+        clients = [await connected(http, server.url) for _ in range(3)]
+        closing = asyncio.create_task(server.websockets.close_all())
         for ws in clients:
             message = await ws.receive()  # and the client answers the close frame
             assert message.type is aiohttp.WSMsgType.CLOSE and message.data == 1001
         await asyncio.wait_for(closing, 2)
-        assert len(websockets) == 0
+        assert len(server.websockets) == 0
 
 
-async def test_a_message_over_the_limit_ends_the_websocket_with_1009(
-    server: tuple[str, transport.WebSockets, Any],
+@pytest.mark.parametrize(
+    ("sent", "code"), [("4" + "x" * 1000, 1009), ("x", 1000)], ids=["too large", "not Engine.IO"]
+)
+async def test_a_message_too_large_or_not_engine_io_ends_the_websocket(
+    server: Server, sent: str, code: int
 ) -> None:
-    url, _, _ = server
     async with aiohttp.ClientSession() as http:
-        async with http.ws_connect(url) as ws:
-            await ws.receive_str()
-            await ws.send_str("4" + "x" * 1000)
-            message = await ws.receive()
-            assert message.type is aiohttp.WSMsgType.CLOSE and message.data == 1009
+        ws = await connected(http, server.url)
+        await ws.send_str(sent)
+        message = await ws.receive()
+        assert message.type is aiohttp.WSMsgType.CLOSE and message.data == code
+    await eventually(lambda: len(server.websockets) == 0)
 
 
-async def test_a_malformed_engine_io_packet_ends_the_websocket(
-    server: tuple[str, transport.WebSockets, Any],
-) -> None:
-    url, _, _ = server
+async def test_what_a_client_sent_before_it_closed_is_still_handled(server: Server) -> None:
     async with aiohttp.ClientSession() as http:
-        async with http.ws_connect(url) as ws:
-            await ws.receive_str()
-            await ws.send_str("x")
-            message = await ws.receive()
-            assert message.type is aiohttp.WSMsgType.CLOSE and message.data == 1000
-
-
-async def test_what_a_client_sent_before_it_closed_is_still_handled(
-    server: tuple[str, transport.WebSockets, Any],
-) -> None:
-    url, websockets, sio = server
-    async with aiohttp.ClientSession() as http:
-        ws = await http.ws_connect(url)
-        await ws.receive_str()
-        await ws.send_str("40")
-        await ws.receive_str()
+        ws = await connected(http, server.url)
         for i in range(5):
             await ws.send_str(f'42["record","{i}"]')
         await ws.close()
-    for _ in range(40):
-        if len(websockets) == 0 and len(RECORDED) == 5:
-            break
-        await asyncio.sleep(0.05)
-    assert RECORDED == ["0", "1", "2", "3", "4"]
-    assert len(websockets) == 0
-    assert sio.eio.sockets == {}  # forgotten at once, as engine.io does
-
-
-RECORDED: list[str] = []
+    await eventually(lambda: len(server.websockets) == 0 and len(server.recorded) == 5)
+    assert server.recorded == ["0", "1", "2", "3", "4"]
+    assert server.sio.eio.sockets == {}  # forgotten at once, as engine.io does
 
 
 class FakeEngineSocket:
-    """An engine.io socket whose handling of a message waits until told."""
+    """An engine.io socket whose handling of a packet waits until told."""
 
     def __init__(self) -> None:
         self.sid = "s"
@@ -375,9 +361,6 @@ class FakeEngineSocket:
         await self.release.wait()
         self.received.append(pkt.data)
 
-    async def close(self, **kwargs: Any) -> None:
-        self.closed = True
-
 
 async def test_a_client_that_floods_is_not_read_until_its_packets_are_handled() -> None:
     socket = FakeEngineSocket()
@@ -389,11 +372,8 @@ async def test_a_client_that_floods_is_not_read_until_its_packets_are_handled() 
         ws.data_received(text("6" + "x" * 100))  # NOOPs
     assert tr.paused  # over 64 KiB waiting
     socket.release.set()
-    for _ in range(100):
-        await asyncio.sleep(0)
-        if not tr.paused:
-            break
-    assert not tr.paused and len(socket.received) == 600
+    await eventually(lambda: not tr.paused)
+    assert len(socket.received) == 600
     heartbeat.forget(ws.conn)  # type: ignore[arg-type]
 
 
@@ -401,37 +381,14 @@ def test_a_websocket_runs_on_uvloop_as_on_asyncio() -> None:
     uvloop = pytest.importorskip("uvloop")
 
     async def scenario() -> None:
-        sio = transport.SocketServer(async_mode="aiohttp", max_http_buffer_size=1000)
+        async with Server() as server, aiohttp.ClientSession() as http:
+            ws = await connected(http, server.url)
+            await ws.send_str('421["echo","hi"]')
+            assert await ws.receive_str() == '431["hi"]'
+            await ws.send_str("4" + "x" * 1000)
+            message = await ws.receive()
+            assert message.type is aiohttp.WSMsgType.CLOSE and message.data == 1009
+            await eventually(lambda: len(server.websockets) == 0)
 
-        @sio.on("echo")  # type: ignore[untyped-decorator]
-        async def echo(sid: str, data: str) -> str:
-            return data
-
-        app = web.Application()
-        sio.attach(app)
-        websockets = transport.install(sio, Heartbeat(25, 20))
-        test_server = TestServer(app)
-        await test_server.start_server()
-        url = f"http://127.0.0.1:{test_server.port}/socket.io/?EIO=4&transport=websocket"
-        try:
-            async with aiohttp.ClientSession() as http:
-                async with http.ws_connect(url) as ws:
-                    assert (await ws.receive_str()).startswith("0{")
-                    await ws.send_str("40")
-                    assert (await ws.receive_str()).startswith("40")
-                    await ws.send_str('421["echo","hi"]')
-                    assert await ws.receive_str() == '431["hi"]'
-                    await ws.send_str("4" + "x" * 1000)
-                    message = await ws.receive()
-                    assert message.type is aiohttp.WSMsgType.CLOSE and message.data == 1009
-            for _ in range(40):
-                if len(websockets) == 0:
-                    break
-                await asyncio.sleep(0.05)
-            assert len(websockets) == 0
-        finally:
-            await test_server.close()
-
-    runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
-    with runner:
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(scenario())
