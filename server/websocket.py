@@ -416,6 +416,8 @@ class EngineWebSocket(WebSocketProtocol):
         self.outbound_bytes = outbound_bytes
         self.conn: Connection | None = None
         self.state = PROBING if socket.connected else OPEN
+        if socket.connected:
+            socket.upgrading = True  # engine.io answers its polls with a NOOP meanwhile
         self._backlog: list[eio.Packet] | None = None
         self._backlog_bytes = 0
         self._task: asyncio.Task[None] | None = None
@@ -484,7 +486,6 @@ class EngineWebSocket(WebSocketProtocol):
         """engine.io's upgrade of a polling session: probe, end the pending poll, UPGRADE."""
         socket = self.socket
         if self.state == PROBING:
-            socket.upgrading = True  # engine.io holds back sends (they stay queued) until done
             if data != "2probe":
                 log.debug("%s: failed WebSocket upgrade, no probe", socket.sid)
                 socket.upgrading = False

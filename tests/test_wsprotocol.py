@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import os
 import struct
 from collections.abc import AsyncIterator, Callable
@@ -392,3 +393,29 @@ def test_a_websocket_runs_on_uvloop_as_on_asyncio() -> None:
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(scenario())
+
+
+async def test_a_poll_during_the_upgrade_is_answered_with_a_noop_and_the_probe_upgrades(
+    server: Server,
+) -> None:
+    base = server.url.replace("&transport=websocket", "")
+    async with aiohttp.ClientSession() as http:
+        async with http.get(base + "&transport=polling") as response:
+            sid = json.loads((await response.text())[1:])["sid"]
+        polling = f"{base}&transport=polling&sid={sid}"
+        async with http.post(polling, data="40") as response:
+            assert response.status == 200
+        async with http.get(polling) as response:
+            assert (await response.text()).startswith("40")
+        ws = await http.ws_connect(f"{base}&transport=websocket&sid={sid}")
+        # Open, not probed yet: engine.io's polls are over for this session.
+        async with http.get(polling) as response:
+            assert await response.text() == "6"
+        await ws.send_str("2probe")
+        assert await ws.receive_str() == "3probe"
+        await ws.send_str("5")
+        await ws.send_str('421["echo","up"]')
+        # The NOOP that would have ended a pending poll (there was none) comes first.
+        assert [await ws.receive_str(), await ws.receive_str()] == ["6", '431["up"]']
+        await ws.close()
+    await eventually(lambda: not server.sio.eio.sockets)
