@@ -14,9 +14,7 @@ is unchanged.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextvars
-import hashlib
 import inspect
 import logging
 import math
@@ -26,13 +24,12 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from aiohttp import WSMessage, WSMsgType, web
-from aiohttp.http_websocket import WS_KEY
 from engineio import exceptions
 from engineio import packet as eio
 
 from . import logs
 from .tasks import running_loop
-from .wsprotocol import WebSocketProtocol
+from .wsprotocol import Detached, WebSocketProtocol, accept, detach
 
 log = logging.getLogger(__name__)
 
@@ -313,59 +310,6 @@ def engine_packet(data: str | bytes, max_size: int) -> str | bytes | None:
     if len(data) > max_size:
         return None
     return data
-
-
-def accept(request: web.BaseRequest) -> bytes:
-    """The 101 answer to a valid WebSocket handshake (aiohttp's checks, and its answer
-    without permessage-deflate or a subprotocol); raises HTTPBadRequest otherwise."""
-    if not web.WebSocketResponse(compress=False).can_prepare(request):
-        raise web.HTTPBadRequest(text="Invalid WebSocket handshake")
-    key = request.headers["Sec-WebSocket-Key"].encode()
-    digest = base64.b64encode(hashlib.sha1(key + WS_KEY).digest())  # RFC 6455 4.2.2
-    return (
-        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n"
-        b"Sec-WebSocket-Accept: " + digest + b"\r\n\r\n"
-    )
-
-
-class Detached(web.StreamResponse):
-    """What aiohttp's handler returns for a WebSocket taken out of aiohttp: the 101 was sent,
-    and the connection is no longer aiohttp's to end (see serve)."""
-
-    def __init__(self) -> None:
-        super().__init__(status=101)
-
-    @property
-    def keep_alive(self) -> bool:
-        return False  # aiohttp's connection loop ends
-
-    async def prepare(self, request: web.BaseRequest) -> None:
-        return None
-
-    async def write_eof(self, data: bytes = b"") -> None:
-        return None
-
-
-def detach(request: web.BaseRequest, protocol: asyncio.BaseProtocol) -> bytes:
-    """Take the connection of `request` from aiohttp and give it to `protocol`; what the
-    client sent after its handshake is returned, for `protocol` to read.
-
-    aiohttp's RequestHandler ends a connection after a response that is not keep-alive by
-    closing its transport, unless it no longer has one; it lets go of it when its transport
-    reports the connection lost (no more: the transport reports to `protocol`), so its
-    server's table of connections is told here. Its keep-alive timer goes too.
-    """
-    handler = request.protocol
-    transport = request.transport
-    assert transport is not None
-    tail: bytes = getattr(handler, "_message_tail", b"") or b""
-    handler.keep_alive(False)
-    handler.transport = None
-    manager = getattr(handler, "_manager", None)
-    if manager is not None:
-        manager.connection_lost(handler, None)
-    transport.set_protocol(protocol)
-    return tail
 
 
 PROBING, UPGRADING, OPEN = 0, 1, 2  # EngineWebSocket.state

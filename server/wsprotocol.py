@@ -1,9 +1,12 @@
-"""The server side of an open WebSocket (RFC 6455) as a plain asyncio.Protocol.
+"""The server side of an open WebSocket (RFC 6455) as a plain asyncio.Protocol, and the taking
+of a WebSocket's connection from aiohttp once its handshake is answered.
 
-aiohttp runs a WebSocket with its request, parser, response, reader, writer and the task of
-its connection loop, all alive as long as the connection (~12 KB of one idle connection). Once
-the handshake is answered, server.websocket hands the transport to a subclass of this: one
-object per connection, and nothing else while it is idle.
+aiohttp runs a WebSocket with its request, parser, response, reader, writer and the task of its
+connection loop, all alive as long as the connection (~12 KB of one idle connection). Instead,
+`accept` answers the handshake, `detach` hands the transport to a subclass of
+WebSocketProtocol (server.websocket's EngineWebSocket), and the handler returns `Detached`:
+aiohttp's request ends, and nothing of aiohttp's stays. One object per connection, and nothing
+else while it is idle.
 
 Frames are read as aiohttp read them, and the same frames are refused with the same close
 codes: reserved bits, unknown opcodes, fragmented or long control frames, a continuation out of
@@ -14,11 +17,15 @@ aiohttp, an unmasked client frame is refused too (1002), as RFC 6455 5.1 require
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import struct
 from typing import Final
 
 # aiohttp's (its C implementation when built): XOR a payload with its mask, in place.
+from aiohttp import web
 from aiohttp._websocket.helpers import websocket_mask
+from aiohttp.http_websocket import WS_KEY
 
 CONTINUATION, TEXT, BINARY, CLOSE, PING, PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 OK, GOING_AWAY, PROTOCOL_ERROR, INVALID_TEXT, MESSAGE_TOO_BIG = 1000, 1001, 1002, 1007, 1009
@@ -272,3 +279,59 @@ class WebSocketProtocol(asyncio.Protocol):
                 self._waiter = asyncio.get_running_loop().create_future()
             await asyncio.shield(self._waiter)
         return first
+
+
+# --- taking a WebSocket from aiohttp ----------------------------------------------------------
+
+
+def accept(request: web.BaseRequest) -> bytes:
+    """The 101 answer to a valid WebSocket handshake (aiohttp's checks, and its answer
+    without permessage-deflate or a subprotocol); raises HTTPBadRequest otherwise."""
+    if not web.WebSocketResponse(compress=False).can_prepare(request):
+        raise web.HTTPBadRequest(text="Invalid WebSocket handshake")
+    key = request.headers["Sec-WebSocket-Key"].encode()
+    digest = base64.b64encode(hashlib.sha1(key + WS_KEY).digest())  # RFC 6455 4.2.2
+    return (
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n"
+        b"Sec-WebSocket-Accept: " + digest + b"\r\n\r\n"
+    )
+
+
+class Detached(web.StreamResponse):
+    """What aiohttp's handler returns for a WebSocket taken out of aiohttp: the 101 was sent,
+    and the connection is no longer aiohttp's to end (see serve)."""
+
+    def __init__(self) -> None:
+        super().__init__(status=101)
+
+    @property
+    def keep_alive(self) -> bool:
+        return False  # aiohttp's connection loop ends
+
+    async def prepare(self, request: web.BaseRequest) -> None:
+        return None
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        return None
+
+
+def detach(request: web.BaseRequest, protocol: asyncio.BaseProtocol) -> bytes:
+    """Take the connection of `request` from aiohttp and give it to `protocol`; what the
+    client sent after its handshake is returned, for `protocol` to read.
+
+    aiohttp's RequestHandler ends a connection after a response that is not keep-alive by
+    closing its transport, unless it no longer has one; it lets go of it when its transport
+    reports the connection lost (no more: the transport reports to `protocol`), so its
+    server's table of connections is told here. Its keep-alive timer goes too.
+    """
+    handler = request.protocol
+    transport = request.transport
+    assert transport is not None
+    tail: bytes = getattr(handler, "_message_tail", b"") or b""
+    handler.keep_alive(False)
+    handler.transport = None
+    manager = getattr(handler, "_manager", None)
+    if manager is not None:
+        manager.connection_lost(handler, None)
+    transport.set_protocol(protocol)
+    return tail
