@@ -264,6 +264,11 @@ class _Guarded(asyncio.Protocol):
         if self._inner is not None:
             self._inner.resume_writing()
 
+    def hand_over(self, protocol: asyncio.BaseProtocol) -> None:
+        """The connection speaks `protocol` from now on (a WebSocket after its handshake,
+        taken from aiohttp): still counted against its address until it is lost."""
+        self._inner = protocol  # type: ignore[assignment]
+
     def connection_lost(self, exc: Exception | None) -> None:
         if self._timer is not None:
             self._timer.cancel()

@@ -333,5 +333,11 @@ def detach(request: web.BaseRequest, protocol: asyncio.BaseProtocol) -> bytes:
     manager = getattr(handler, "_manager", None)
     if manager is not None:
         manager.connection_lost(handler, None)
-    transport.set_protocol(protocol)
+    # Our guard's wrapper around aiohttp's protocol (guard.py) counts the connection against
+    # its address until it is lost: it stays, and passes everything on to `protocol`.
+    wrapper = transport.get_protocol()
+    if wrapper is not handler and hasattr(wrapper, "hand_over"):
+        wrapper.hand_over(protocol)
+    else:
+        transport.set_protocol(protocol)
     return tail

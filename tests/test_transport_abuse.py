@@ -534,3 +534,35 @@ async def test_one_client_cannot_flood_the_log(
     suppressed = value(samples, "alliswell_refusals_total", quota="log_lines_per_client_per_minute")
     assert suppressed >= 500
     assert slowest < BYSTANDER_SECONDS
+
+
+async def test_a_websocket_that_closed_gives_its_place_back_to_its_address(
+    start_server: Callable[..., Awaitable[ServerProcess]],
+) -> None:
+    # A WebSocket's connection leaves aiohttp after its handshake (server/wsprotocol.py): it
+    # must still count against its address while open, and only while open (a version that
+    # forgot the count locked an address out for good after its 200th WebSocket).
+    server = await start_server(CONNECTIONS_PER_ADDRESS="3")
+    url = server.url + "/socket.io/?EIO=4&transport=websocket"
+
+    async def opened(http: aiohttp.ClientSession) -> aiohttp.ClientWebSocketResponse:
+        ws = await http.ws_connect(url)
+        message = await asyncio.wait_for(ws.receive(), 5)
+        assert str(message.data).startswith("0{"), message
+        return ws
+
+    async with aiohttp.ClientSession() as http:
+        for _ in range(8):  # one after the other: each gives its place back
+            ws = await opened(http)
+            await ws.close()
+            await asyncio.sleep(0.05)
+        held = [await opened(http) for _ in range(3)]
+        with pytest.raises((aiohttp.ClientError, asyncio.TimeoutError, AssertionError)):
+            await opened(http)  # a fourth at once is one too many
+        for ws in held:
+            await ws.close()
+        await asyncio.sleep(0.2)
+        await (await opened(http)).close()
+    samples = await scrape(server.url)
+    # The fourth (aiohttp's client tries a refused GET twice).
+    assert value(samples, "alliswell_refusals_total", quota="connections_per_address") in (1, 2)
