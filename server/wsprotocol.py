@@ -34,6 +34,9 @@ ALLOWED_CLOSE_CODES: Final = frozenset(
     {1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014}
 )
 CLOSE_TIMEOUT: Final = 10.0  # for the peer's close frame after ours, as aiohttp's
+# Our bytes a client may leave unread before a ping of its is taken as abuse (aiohttp's writer
+# made its reader wait instead): pings without reading the pongs would grow the buffer for ever.
+UNREAD_BYTES_FOR_PING: Final = 1 << 20
 
 
 class FrameError(Exception):
@@ -223,8 +226,12 @@ class WebSocketProtocol(asyncio.Protocol):
 
     def _control(self, opcode: int, payload: bytearray) -> None:
         if opcode == PING:
-            if not self.closed:
-                self.transport.write(control_frame(PONG, bytes(payload)))
+            if self.closed:
+                return
+            if self.transport.get_write_buffer_size() > UNREAD_BYTES_FOR_PING:
+                self.transport.abort()  # connection_lost follows, and ends the rest
+                return
+            self.transport.write(control_frame(PONG, bytes(payload)))
         elif opcode == CLOSE:
             if len(payload) >= 2:
                 code = int.from_bytes(payload[:2], "big")

@@ -49,6 +49,7 @@ class FakeTransport:
     def __init__(self) -> None:
         self.written: list[bytes] = []
         self.closed = self.aborted = self.paused = False
+        self.read = 0  # of the written bytes, those the client has read
 
     def write(self, data: bytes) -> None:
         assert not self.closed
@@ -62,6 +63,9 @@ class FakeTransport:
 
     def is_closing(self) -> bool:
         return self.closed
+
+    def get_write_buffer_size(self) -> int:
+        return sum(map(len, self.written)) - self.read
 
     def pause_reading(self) -> None:
         self.paused = True
@@ -180,6 +184,18 @@ def test_a_close_frame_of_the_client_is_answered_and_the_connection_closed() -> 
     ws, tr = reader()
     ws.data_received(client_frame(wsprotocol.CLOSE, struct.pack("!H", 1001) + b"bye") + text("4"))
     assert ws.messages == [] and closed_with(tr, 1000) and ws.ends == 1
+
+
+def test_pings_are_answered_until_the_client_leaves_too_much_unread() -> None:
+    ws, tr = reader()
+    ping = client_frame(wsprotocol.PING, b"x" * 125)
+    ws.data_received(ping)
+    assert tr.written == [wsprotocol.control_frame(wsprotocol.PONG, b"x" * 125)]
+    tr.read = tr.get_write_buffer_size()
+    pongs = wsprotocol.UNREAD_BYTES_FOR_PING // 127 + 1
+    ws.data_received(ping * (pongs + 10))  # and reads none of the pongs
+    assert tr.aborted
+    assert len(tr.written) == 1 + pongs  # none after the limit
 
 
 def test_an_empty_close_frame_is_a_close_too() -> None:
