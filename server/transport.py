@@ -645,9 +645,36 @@ class SocketServer(socketio.AsyncServer):  # type: ignore[misc]
             return
         if not self.manager.is_connected(sid, namespace) or not guard.begin(sid):
             return  # its disconnect began meanwhile: nothing new starts for it
+        self._start_event(sid, eio_sid, data, namespace, id)
+
+    def _start_event(self, sid: str, eio_sid: str, data: Any, namespace: str, id: Any) -> None:
         task = running_loop().create_task(self._run_event(sid, eio_sid, data, namespace, id))
         self._event_tasks.add(task)
         task.add_done_callback(functools.partial(self._event_done, sid))
+
+    def event_now(self, eio_sid: str, data: Any) -> bool:
+        """Start the handling of an event message at once, without a task or a coroutine to
+        get there, when nothing about it needs to wait: a well-formed EVENT of a connected
+        socket below its limit of events in flight. False, with nothing done, for any other
+        message: it goes the usual way (_handle_eio_message), which says what is wrong."""
+        if type(data) is not str or not data.startswith("2"):
+            return False
+        try:
+            pkt = self._decode(eio_sid, data)
+        except DECODING:
+            return False
+        if pkt.packet_type != socketio_packet.EVENT:
+            return False
+        namespace = pkt.namespace or "/"
+        sid = self.manager.sid_from_eio_sid(eio_sid, namespace)
+        if (
+            not self.manager.is_connected(sid, namespace)
+            or self.guard.at_limit(sid)
+            or not self.guard.begin(sid)
+        ):
+            return False
+        self._start_event(sid, eio_sid, pkt.data, namespace, pkt.id)
+        return True
 
     def _event_done(self, sid: str, task: asyncio.Task[Any]) -> None:
         self._event_tasks.discard(task)

@@ -334,6 +334,7 @@ class EngineWebSocket(WebSocketProtocol):
         "_backlog",
         "_backlog_bytes",
         "_context",
+        "_event_now",
         "_on_message",
         "_task",
         "conn",
@@ -369,6 +370,8 @@ class EngineWebSocket(WebSocketProtocol):
         self._context = contextvars.copy_context()
         handler = socket.server.handlers.get("message")
         self._on_message = handler if inspect.iscoroutinefunction(handler) else None
+        # The Socket.IO server's synchronous start of an event (transport.SocketServer).
+        self._event_now = getattr(getattr(handler, "__self__", None), "event_now", None)
         registry.add(self)
 
     def open(self) -> None:
@@ -418,6 +421,14 @@ class EngineWebSocket(WebSocketProtocol):
         if pkt.packet_type == eio.PONG:
             return
         if self._backlog is None:
+            # An event with nothing before it: its handling starts now (no task to get there).
+            event_now = self._event_now
+            if (
+                pkt.packet_type == eio.MESSAGE
+                and event_now is not None
+                and event_now(self.socket.sid, pkt.data)
+            ):
+                return
             self._backlog = [pkt]
             self._task = running_loop().create_task(self._handle())
         else:

@@ -435,3 +435,40 @@ async def test_a_poll_during_the_upgrade_is_answered_with_a_noop_and_the_probe_u
         assert [await ws.receive_str(), await ws.receive_str()] == ["6", '431["up"]']
         await ws.close()
     await eventually(lambda: not server.sio.eio.sockets)
+
+
+class EventsAtOnce:
+    """A Socket.IO server that starts events at once (as transport.SocketServer.event_now)."""
+
+    def __init__(self) -> None:
+        self.now: list[str] = []
+        self.later: list[str] = []
+
+    def event_now(self, sid: str, data: Any) -> bool:
+        if isinstance(data, str) and data.startswith("2"):
+            self.now.append(data)
+            return True
+        return False
+
+    async def on_message(self, sid: str, data: Any) -> None:
+        await asyncio.sleep(0.01)
+        self.later.append(data)
+
+
+async def test_an_event_starts_as_it_is_read_and_never_before_what_came_first() -> None:
+    socket = FakeEngineSocket()
+    server = EventsAtOnce()
+    socket.handlers["message"] = server.on_message
+    heartbeat = Heartbeat(25, 20)
+    ws = EngineWebSocket(socket, FakeTransport(), 10_000, heartbeat, set(), 0)  # type: ignore[arg-type]
+    ws.open()
+    ws.data_received(text('42["first"]'))
+    assert server.now == ['2["first"]'] and ws._task is None  # no task to get there
+    # A CONNECT goes the usual way (a task): the events after it wait their turn behind it.
+    ws.data_received(text("40") + text('42["second"]'))
+    assert server.now == ['2["first"]']
+    await eventually(lambda: len(server.later) == 2)
+    assert server.later == ["0", '2["second"]']
+    ws.data_received(text('42["third"]'))
+    assert server.now == ['2["first"]', '2["third"]']
+    heartbeat.forget(ws.conn)  # type: ignore[arg-type]
