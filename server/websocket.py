@@ -67,7 +67,7 @@ class Outbox:
     def add(self, conn: Connection) -> None:
         self._due.append(conn)
         if self._handle is None:
-            self._handle = asyncio.get_running_loop().call_soon(self.flush)
+            self._handle = running_loop().call_soon(self.flush)
 
     def flush(self) -> None:
         """Write every connection's frames now."""
