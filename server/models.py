@@ -8,8 +8,10 @@ import msgspec
 
 MAX_TIMER_MINUTES: Final = 43_200  # 30 days: a record idle longer than that expires anyway
 
-Code = Annotated[str, msgspec.Meta(pattern=r"^[1-9][0-9]{5}\Z")]
-Token = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}\Z")]
+CODE_PATTERN: Final = r"^[1-9][0-9]{5}\Z"
+Code = Annotated[str, msgspec.Meta(pattern=CODE_PATTERN)]
+TOKEN_PATTERN: Final = r"^[0-9a-f]{64}\Z"
+Token = Annotated[str, msgspec.Meta(pattern=TOKEN_PATTERN)]
 Minutes = (
     Annotated[int, msgspec.Meta(gt=0, le=MAX_TIMER_MINUTES)]
     | Annotated[float, msgspec.Meta(gt=0, le=MAX_TIMER_MINUTES)]

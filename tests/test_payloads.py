@@ -2,6 +2,7 @@
 
 import math
 
+import msgspec
 import pytest
 
 from server import errors, payloads
@@ -85,3 +86,49 @@ def test_object_events_check_the_token_first(decode: object) -> None:
 def test_an_unusable_role_is_left_for_the_handler_to_refuse(role: object) -> None:
     request = payloads.reconnect(({"sessionToken": TOKEN, "role": role},))
     assert request.role == ""
+
+
+class _Text(str):
+    """A str subclass: not taken by the compiled-pattern shortcut, still msgspec's answer."""
+
+
+@pytest.mark.parametrize(
+    ("kind", "pattern"),
+    [
+        (payloads.Token, payloads._TOKEN),
+        (payloads.Code, payloads._CODE),
+        (payloads.SixDigits, payloads._SIX_DIGITS),
+    ],
+)
+def test_the_compiled_pattern_shortcut_answers_as_msgspec_does(
+    kind: object, pattern: object
+) -> None:
+    values: list[object] = [
+        TOKEN,
+        TOKEN.upper(),
+        TOKEN + "\n",
+        "\n" + TOKEN,
+        TOKEN[:-1],
+        TOKEN + "0",
+        TOKEN.replace("0", "\u0660"),  # an Arabic-Indic zero: a digit to \d, not to [0-9]
+        "123456",
+        "012345",
+        "123456\n",
+        "12345\uff16",  # a full-width six
+        "",
+        _Text(TOKEN),
+        _Text("123456"),
+        123456,
+        None,
+        b"123456",
+    ]
+    for value in values:
+        try:
+            expected: object = msgspec.convert(value, kind)
+        except msgspec.ValidationError:
+            expected = payloads.BadPayload
+        try:
+            got: object = payloads._text(value, pattern, kind, "refused")  # type: ignore[arg-type]
+        except payloads.BadPayload:
+            got = payloads.BadPayload
+        assert got == expected, value
