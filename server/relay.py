@@ -30,7 +30,7 @@ from redis.exceptions import RedisError
 
 from . import jsonlib, keys, tasks
 from .instances import Instances, owner
-from .transport import deliver
+from .transport import deliver, deliver_now, send_rest
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,9 @@ class Relay(socketio.AsyncRedisManager):  # type: ignore[misc]
         if callback is not None:
             await super().emit(event, data, namespace, room, skip_sid, callback, **kwargs)
             return
-        await deliver(self, event, data, namespace, room, skip_sid)
+        rest = deliver_now(self, event, data, namespace, room, skip_sid)
+        if rest:
+            await send_rest(self, rest)
         if kwargs.get("ignore_queue") or not self._elsewhere(room):
             return
         args = list(data) if isinstance(data, tuple) else [data]

@@ -409,25 +409,44 @@ async def deliver(
     room: Any = None,
     skip_sid: Any = None,
 ) -> None:
-    """Queue one event for this process's recipients: the packet encoded once, no task each,
-    nothing encoded when none of them is here."""
+    """Send one event to this process's recipients (see deliver_now)."""
+    rest = deliver_now(manager, event, data, namespace, room, skip_sid)
+    if rest:
+        await send_rest(manager, rest)
+
+
+def deliver_now(
+    manager: socketio.AsyncManager,
+    event: str,
+    data: Any,
+    namespace: str,
+    room: Any = None,
+    skip_sid: Any = None,
+) -> list[tuple[str, list[Any]]]:
+    """Queue one event for this process's recipients on a WebSocket, at once: the packet
+    encoded once, no task each, nothing encoded when none of them is here. Returns the other
+    recipients (polling, or one engine.io's send would close), for send_rest."""
     rooms = manager.rooms.get(namespace)
     if rooms is None:
-        return  # nobody has connected to it yet
-    skip = skip_sid if isinstance(skip_sid, list) else [skip_sid]
-    recipients = [pair for pair in _participants(rooms, room) if pair[0] not in skip]
+        return _NOBODY  # nobody has connected to it yet
+    recipients = _participants(rooms, room)
+    if skip_sid is not None and recipients:
+        skip = skip_sid if isinstance(skip_sid, list) else (skip_sid,)
+        recipients = [pair for pair in recipients if pair[0] not in skip]
     if not recipients:
-        return
-    if isinstance(data, tuple):
-        args = list(data)
+        return _NOBODY
+    if type(data) is tuple:
+        message = [event, *data]
     else:
-        args = [] if data is None else [data]
-    encoded = _encode(manager.server.packet_class, namespace, [event, *args])
+        message = [event] if data is None else [event, data]
+    encoded = _encode(manager.server.packet_class, namespace, message)
     frames = encoded if isinstance(encoded, list) else [encoded]
     eio = manager.server.eio
+    sockets = eio.sockets
     ws_frames: list[bytes] | None = None
+    rest: list[tuple[str, list[Any]]] = _NOBODY
     for _, eio_sid in recipients:
-        eio_socket = eio.sockets.get(eio_sid)
+        eio_socket = sockets.get(eio_sid)
         queue = getattr(eio_socket, "queue", None)
         if type(queue) is websocket.Connection and _sendable(eio_socket, eio.ping_timeout):
             # What engine.io's send_packet would do, without its five calls: the frames,
@@ -437,11 +456,23 @@ async def deliver(
                 ws_frames = [websocket.frame("4" + f if isinstance(f, str) else f) for f in frames]
             for ws_frame in ws_frames:
                 queue.send(ws_frame)
-            continue
+        else:
+            if rest is _NOBODY:
+                rest = []
+            rest.append((eio_sid, frames))
+    return rest
+
+
+async def send_rest(manager: socketio.AsyncManager, rest: list[tuple[str, list[Any]]]) -> None:
+    """What deliver_now left: sent the way engine.io sends (polling, or a socket to close)."""
+    for eio_sid, frames in rest:
         for f in frames:
             await manager.server._send_eio_packet(
                 eio_sid, engineio_packet.Packet(engineio_packet.MESSAGE, f)
             )
+
+
+_NOBODY: Final[list[tuple[str, list[Any]]]] = []  # never appended to
 
 
 def _encode(packet_class: Any, namespace: str, message: list[Any]) -> str | list[Any]:
@@ -514,7 +545,9 @@ class DirectManager(socketio.AsyncManager):  # type: ignore[misc]
         if callback is not None or namespace not in self.rooms:
             await super().emit(event, data, namespace, room, skip_sid, callback, to, **kwargs)
             return
-        await deliver(self, event, data, namespace, to or room, skip_sid)
+        rest = deliver_now(self, event, data, namespace, to or room, skip_sid)
+        if rest:
+            await send_rest(self, rest)
 
 
 class SocketServer(socketio.AsyncServer):  # type: ignore[misc]
@@ -539,6 +572,29 @@ class SocketServer(socketio.AsyncServer):  # type: ignore[misc]
         self.eio.guard = self.guard
         self._binary_strikes: dict[str, int] = {}
         self._event_tasks: set[asyncio.Task[Any]] = set()
+
+    async def emit(
+        self,
+        event: str,
+        data: Any = None,
+        to: Any = None,
+        room: Any = None,
+        skip_sid: Any = None,
+        namespace: str | None = None,
+        callback: Any = None,
+        ignore_queue: bool = False,
+    ) -> None:
+        """python-socketio's emit, without its info line per emit (its logger is off): the
+        manager's emit is called as it calls it."""
+        await self.manager.emit(
+            event,
+            data,
+            namespace or "/",
+            room=to or room,
+            skip_sid=skip_sid,
+            callback=callback,
+            ignore_queue=ignore_queue,
+        )
 
     def _engineio_server_class(self) -> type[EngineServer]:
         return EngineServer
