@@ -35,6 +35,7 @@ from redis.asyncio.connection import AbstractConnection
 
 sys.path.insert(0, str(ROOT))
 
+from server import redislane
 from server import settings as settings_module
 from server.app import create_app
 
@@ -57,6 +58,36 @@ class Counter:
         self.beat_connections: set[int] = set()
 
     def install(self) -> None:
+        self._install_pool()
+        self._install_lane()
+
+    def _count(self, conn: object, payload: bytes) -> None:
+        names = _command_names(payload)
+        if b"instances" in payload and b"data-marker" in payload:
+            self.beat_connections.add(id(conn))
+        task = asyncio.current_task()
+        background = task is not None and task.get_name() in BACKGROUND
+        if (
+            id(conn) not in self.beat_connections
+            and names[0] not in ("PING", "ECHO", "HELLO", "CLIENT")  # not a connection's set-up
+            and not background
+        ):
+            self.round_trips[self.step] += 1
+            self.commands[self.step] += len(names)
+            self.sent[self.step].append(_described(payload))
+
+    def _install_lane(self) -> None:
+        """The per-event scripts' own connection (server/redislane.py): one write per command."""
+        counter = self
+        original = redislane._Pipe.send
+
+        def send(pipe: redislane._Pipe, command: bytes) -> asyncio.Future[Any]:
+            counter._count(pipe, command)
+            return original(pipe, command)
+
+        redislane._Pipe.send = send  # type: ignore[method-assign]
+
+    def _install_pool(self) -> None:
         counter = self
         original = AbstractConnection.send_packed_command
 
@@ -65,19 +96,7 @@ class Counter:
         ) -> None:
             chunks = [command] if isinstance(command, (bytes, str)) else list(command)
             payload = b"".join(c.encode() if isinstance(c, str) else bytes(c) for c in chunks)
-            names = _command_names(payload)
-            if b"instances" in payload and b"data-marker" in payload:
-                counter.beat_connections.add(id(conn))
-            task = asyncio.current_task()
-            background = task is not None and task.get_name() in BACKGROUND
-            if (
-                id(conn) not in counter.beat_connections
-                and names[0] not in ("PING", "ECHO", "HELLO", "CLIENT")  # not a connection's set-up
-                and not background
-            ):
-                counter.round_trips[counter.step] += 1
-                counter.commands[counter.step] += len(names)
-                counter.sent[counter.step].append(_described(payload))
+            counter._count(conn, payload)
             await original(conn, command, check_health)
 
         AbstractConnection.send_packed_command = send_packed_command  # type: ignore[method-assign]

@@ -23,6 +23,7 @@ from .limits import AttemptLimiter, RateLimiter
 from .metrics import Metrics
 from .pairscripts import PairingScripts
 from .persistence import RedisPersistence, RedisStore, connect
+from .redislane import Lane
 from .relay import Relay
 from .settings import Settings
 from .store import MemoryStore
@@ -118,7 +119,9 @@ def build_shared(settings: Settings, clock: Clock) -> Shared:
     # must not make it late (and Redis "down").
     beats = connect(settings.redis_url, timeout=settings.redis_timeout, max_connections=1)
     instances = Instances(clock, beats)
-    store = RedisStore(clock, redis, instances)
+    # The scripts run per event (the group commit, pairing) share one pipelined connection.
+    lane = Lane(redis, settings.redis_timeout)
+    store = RedisStore(clock, redis, instances, lane)
 
     def available() -> bool:
         # Redis answers (codes and counts go there), even while session writes still wait
@@ -141,7 +144,7 @@ def build_shared(settings: Settings, clock: Clock) -> Shared:
         ),
         Relay(redis, instances),
         Bindings(redis),
-        PairingScripts(redis),
+        PairingScripts(lane),
     )
 
 

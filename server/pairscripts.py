@@ -20,6 +20,7 @@ from redis import asyncio as aioredis
 
 from .codes import SWAP_LUA
 from .limits import COUNT_LUA, KEY_SECONDS, SETTLE_LUA, TAKE_LUA
+from .redislane import Lane
 
 # Answers (first element of each reply).
 DONE: Final = 1
@@ -120,7 +121,7 @@ def _reply(raw: Any) -> Reply:
 class PairingScripts:
     """The three calls; each raises what redis-py raises (the caller falls back)."""
 
-    def __init__(self, redis: aioredis.Redis) -> None:
+    def __init__(self, redis: aioredis.Redis | Lane) -> None:
         self._register = redis.register_script(_REGISTER)
         self._look = redis.register_script(_LOOK)
         self._pair = redis.register_script(_PAIR)

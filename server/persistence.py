@@ -27,6 +27,7 @@ from .deadlines import RedisDeadlines, member
 from .instances import Instances
 from .logs import token_ref
 from .models import Session
+from .redislane import Lane
 from .rules import deadlines, live_sockets
 from .store import (
     IDLE_EVICT_MS,
@@ -132,15 +133,18 @@ class RedisPersistence(_StoreBase):
         clock: Clock,
         redis: aioredis.Redis,
         instances: Instances | None = None,
+        lane: Lane | None = None,
     ) -> None:
         super().__init__(clock)
         self._redis = redis
+        # The group commit's script goes down the lane when there is one (server/redislane.py).
+        self._lane = lane
         # Socket ids count only while the instance that made them is alive.
         self.instances = instances if instances is not None else Instances(clock)
         self._is_live = self.instances.is_live
         self._is_local = self.instances.is_local
         self.deadlines = RedisDeadlines(redis)
-        self._write_script = redis.register_script(_WRITE)
+        self._write_script = (lane or redis).register_script(_WRITE)
         # Per token: the record as last read from or written to Redis, and what it decodes to.
         self._seen: dict[str, tuple[bytes, Session]] = {}
         # Per token: the changes made in memory and not yet written, oldest first.
@@ -207,6 +211,8 @@ class RedisPersistence(_StoreBase):
                 await self._flush()
         if self._dirty:
             log.error("Shutting down with %d session changes not written to Redis", self.held)
+        if self._lane is not None:
+            await self._lane.close()
         await self._redis.aclose()
 
     async def _fetch(self, token: str) -> Session | None:
