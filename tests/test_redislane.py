@@ -170,3 +170,19 @@ async def test_closing_leaves_no_connection_open(redis_url: str) -> None:
     with pytest.raises(RedisConnectionError):
         await script(args=[1, "closed"])
     await redis.aclose()
+
+
+async def test_the_commands_of_one_turn_of_the_loop_go_in_one_write(
+    clients: tuple[aioredis.Redis, Lane],
+) -> None:
+    _, lane = clients
+    script = lane.register_script(SHAPES)
+    assert await script(args=[1, "connected"]) == b"connected"
+    pipe = lane._pipe
+    assert pipe is not None and pipe.transport is not None
+    writes: list[bytes] = []
+    write = pipe.transport.write
+    pipe.transport.write = lambda data: (writes.append(bytes(data)), write(data))[1]  # type: ignore[method-assign]
+    got = await asyncio.gather(*(script(args=[1, str(n)]) for n in range(50)))
+    assert got == [str(n).encode() for n in range(50)]
+    assert len(writes) == 1 and writes[0].count(b"EVALSHA") == 50
