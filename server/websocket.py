@@ -374,8 +374,9 @@ class EngineWebSocket(WebSocketProtocol):
         self._event_now = getattr(getattr(handler, "__self__", None), "event_now", None)
         registry.add(self)
 
-    def open(self) -> None:
-        """The Engine.IO socket is on this WebSocket from now on."""
+    def open(self, answer: bytes = b"") -> None:
+        """The Engine.IO socket is on this WebSocket from now on; `answer` (the handshake's
+        101, not yet written) goes out in the same write as what was queued."""
         socket = self.socket
         upgrade = self.state != OPEN
         self.state = OPEN
@@ -386,12 +387,15 @@ class EngineWebSocket(WebSocketProtocol):
         )
         # What was queued during the upgrade goes first, then the WebSocket is the queue.
         queued, socket.queue = socket.queue, conn
+        if answer:
+            conn.send(answer)
         while not queued.empty():
             pkt = queued.get_nowait()
             conn.write(pkt)
             queued.task_done()
             if pkt is not None and pkt.packet_type == eio.OPEN:
                 pkt.data = None  # engine.io's connect handler holds its OPEN packet till the end
+        conn.flush()  # the answer, if nothing was queued after it
         # A session that started on polling has engine.io's ping task on the way; its pong
         # hands the pings over. One that started here was adopted before its first ping.
         heartbeat.watch(conn, ping=not upgrade)
@@ -548,11 +552,12 @@ async def serve(
         environ.clear()
     # compress=False in effect: permessage-deflate costs ~90 KB per connection
     # (PLATFORM.md), and the Node server never offered it.
-    transport.write(answer)
     ws = EngineWebSocket(socket, transport, max_size, heartbeat, registry, outbound_bytes)
     tail = detach(request, ws)
     if ws.state == OPEN:
-        ws.open()
+        ws.open(answer)  # the 101 and the OPEN packet in one write
+    else:
+        transport.write(answer)
     if tail:
         ws.data_received(tail)
     return Detached()
