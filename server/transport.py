@@ -4,6 +4,7 @@ closable all at once on shutdown."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import functools
 import inspect
@@ -27,6 +28,7 @@ from . import errors, logs, websocket
 from .guard import BINARY_STRIKES, EVENT_OF, Guard
 from .instances import SEPARATOR
 from .limits import client_address
+from .randbytes import RANDOM
 from .settings import Settings
 from .tasks import running_loop
 
@@ -332,7 +334,12 @@ class EngineServer(engineio.AsyncServer):  # type: ignore[misc]
         return self._bad_request("Method not supported")  # type: ignore[no-any-return]
 
     def generate_id(self) -> str:
-        return f"{self.instance_id}{SEPARATOR}{super().generate_id()}"
+        """engine.io's id (12 random bytes, then a sequence number, in URL-safe base64) after
+        this instance's id; the random bytes from a block (server/randbytes.py)."""
+        sequence: int = self.sequence_number  # type: ignore[has-type]
+        raw = RANDOM.take(12) + sequence.to_bytes(3, "big")
+        self.sequence_number = (sequence + 1) & 0xFFFFFF
+        return f"{self.instance_id}{SEPARATOR}{base64.urlsafe_b64encode(raw).decode()}"
 
     async def _service_task(self) -> None:
         """engine.io's sweep of its sockets: forgets the closed ones and closes those whose
