@@ -10,12 +10,13 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from redis import asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from server.app import create_app
 from server.events import Events
-from server.metrics import Metrics
+from server.metrics import EVENT_BUCKETS, Metrics
 from server.ops import METRICS
 from server.persistence import RedisStore
 from server.settings import Settings
@@ -216,3 +217,43 @@ async def test_a_scrape_whose_ping_fails_observes_and_changes_nothing(
     finally:
         monkeypatch.undo()
         await store.close()
+
+
+def test_the_event_metrics_read_as_prometheus_clients_own_counter_and_histogram() -> None:
+    """Counted in plain numbers (the per-event path), exposed as prometheus_client would."""
+    reference = CollectorRegistry()
+    events = Counter(
+        "alliswell_events",
+        "Client events handled, by name and outcome (ok, rejected, error)",
+        ["event", "outcome"],
+        registry=reference,
+    )
+    seconds = Histogram(
+        "alliswell_event_seconds",
+        "Time to handle a client event, by name",
+        ["event"],
+        buckets=EVENT_BUCKETS,
+        registry=reference,
+    )
+    ours = Metrics()
+    observed = [
+        ("checkIn", "ok", 0.0004),
+        ("checkIn", "ok", 0.0025),  # on a bound: counted in it
+        ("checkIn", "rejected", 3.0),  # past the last bound
+        ("trackCode", "error", 0.01),
+        ("checkIn", "ok", 0.001),
+    ]
+    for name, outcome, took in observed:
+        ours.event(name, outcome, took)
+        events.labels(name, outcome).inc()
+        seconds.labels(name).observe(took)
+
+    def lines(text: bytes) -> list[str]:
+        # Creation times differ by when each was bumped: compared by name and labels only.
+        return [
+            line.rsplit(" ", 1)[0] if "_created" in line else line
+            for line in text.decode().splitlines()
+            if "alliswell_event" in line
+        ]
+
+    assert lines(generate_latest(ours.registry)) == lines(generate_latest(reference))
