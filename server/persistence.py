@@ -109,6 +109,17 @@ def older_than(revision: int) -> str:
     return f"<{revision}"
 
 
+class Round(asyncio.Future[None]):
+    """One round of the group commit, that every writer of the round waits on. It cannot be
+    cancelled: a writer whose task is cancelled gets its CancelledError when the round ends
+    (its change is in the round, and written), and the others' round goes on. This replaces
+    an asyncio.shield per writer (an outer future and two callbacks each: 2.7% of a
+    check-in's CPU)."""
+
+    def cancel(self, msg: Any = None) -> bool:
+        return False
+
+
 if TYPE_CHECKING:
     _StoreBase = MemoryStore
 else:
@@ -310,14 +321,13 @@ class RedisPersistence(_StoreBase):
                 op.done = True  # held: written by the recovery
                 break
             self._pending.add(token)
-            # Shielded: a writer that is cancelled must not cancel everyone's batch.
-            await asyncio.shield(self._commit_soon())
+            await self._commit_soon()  # a Round: a cancelled writer cancels nobody else's
         return op.session is not None
 
     def _commit_soon(self) -> asyncio.Future[None]:
         """The next round of the group commit (started if none runs), to wait on."""
         if self._committer is None:
-            self._batch = asyncio.get_running_loop().create_future()
+            self._batch = Round(loop=tasks.running_loop())
             self._committer = asyncio.create_task(self._commit(), name="redis-commit")
         assert self._batch is not None
         return self._batch
@@ -329,7 +339,7 @@ class RedisPersistence(_StoreBase):
         try:
             while self._pending:
                 tokens, self._pending = self._pending, set()
-                done, self._batch = self._batch, asyncio.get_running_loop().create_future()
+                done, self._batch = self._batch, Round(loop=tasks.running_loop())
                 try:
                     if self.available:
                         self._pending.update(await self._write(tokens))

@@ -214,3 +214,27 @@ async def test_new_redis_connections_do_not_read_the_package_metadata_again(
     finally:
         await client.aclose()
     assert read == []
+
+
+async def test_a_writer_cancelled_during_a_commit_round_cancels_nobody_else(
+    store: RedisStore, redis: aioredis.Redis
+) -> None:
+    """The writers of one round of the group commit share it: cancelling one (a client gone,
+    a shutdown) neither cancels the round for the others nor loses its own change, which is
+    in the round; the cancelled one learns of it when the round ends."""
+    await redis.set(keys.session(TOKEN), NODE_RECORD)
+    await store.load(TOKEN)
+    sids = [f"{store.instances.id}.sid{i}" for i in range(5)]
+    writers = [
+        asyncio.create_task(
+            store.update(TOKEN, lambda s, sid=sid: (rules.with_tracker(s, sid), None))
+        )
+        for sid in sids
+    ]
+    await asyncio.sleep(0)  # every change made in memory, the round under way
+    writers[2].cancel()
+    results = await asyncio.gather(*writers, return_exceptions=True)
+    assert isinstance(results[2], asyncio.CancelledError)
+    assert all(not isinstance(result, BaseException) for i, result in enumerate(results) if i != 2)
+    stored = decode_record(await redis.get(keys.session(TOKEN)))
+    assert sorted(stored.tracker_socket_ids) == sorted(sids)
