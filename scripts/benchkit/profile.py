@@ -34,7 +34,7 @@ LIBRARIES = (
 )
 # Where a sample's time goes: the first of these found anywhere on its stack.
 PURPOSES = (
-    ("Redis writes and reads (store)", ("RedisPersistence.", "redis/")),
+    ("Redis writes and reads (store)", ("RedisPersistence.", "redis/", "server/redislane.py")),
     ("emits: socket.io manager + engine.io send", ("AsyncServer.emit", "AsyncManager.emit")),
     ("our handlers, besides the above", ("server/events.py", "server/store.py")),
     ("packet receive + decode + dispatch", ("engineio/", "socketio/", "server/transport.py")),
