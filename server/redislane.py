@@ -249,6 +249,8 @@ class Lane:
             raise RedisConnectionError("Redis lane closed")
         if self._connecting is None:
             self._connecting = asyncio.get_running_loop().create_task(self._connect())
+            # Its failure is each waiter's to raise; with every waiter cancelled, nobody's.
+            self._connecting.add_done_callback(_retrieved)
         connecting = self._connecting
         try:
             return await asyncio.shield(connecting)
@@ -292,6 +294,11 @@ class Lane:
                 await self._connecting
         if self._pipe is not None:
             self._pipe.close()
+
+
+def _retrieved(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 class Script:
