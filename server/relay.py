@@ -30,7 +30,7 @@ from redis.exceptions import RedisError
 
 from . import jsonlib, keys, tasks
 from .instances import Instances, owner
-from .transport import deliver, deliver_now, send_rest
+from .transport import deliver
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +72,7 @@ class Relay(socketio.AsyncRedisManager):  # type: ignore[misc]
         if callback is not None:
             await super().emit(event, data, namespace, room, skip_sid, callback, **kwargs)
             return
-        rest = deliver_now(self, event, data, namespace, room, skip_sid)
-        if rest:
-            await send_rest(self, rest)
+        await deliver(self, event, data, namespace, room, skip_sid)
         if kwargs.get("ignore_queue") or not self._elsewhere(room):
             return
         args = list(data) if isinstance(data, tuple) else [data]

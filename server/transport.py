@@ -416,32 +416,17 @@ async def deliver(
     room: Any = None,
     skip_sid: Any = None,
 ) -> None:
-    """Send one event to this process's recipients (see deliver_now)."""
-    rest = deliver_now(manager, event, data, namespace, room, skip_sid)
-    if rest:
-        await send_rest(manager, rest)
-
-
-def deliver_now(
-    manager: socketio.AsyncManager,
-    event: str,
-    data: Any,
-    namespace: str,
-    room: Any = None,
-    skip_sid: Any = None,
-) -> list[tuple[str, list[Any]]]:
-    """Queue one event for this process's recipients on a WebSocket, at once: the packet
-    encoded once, no task each, nothing encoded when none of them is here. Returns the other
-    recipients (polling, or one engine.io's send would close), for send_rest."""
+    """Queue one event for this process's recipients: the packet encoded once, no task each,
+    nothing encoded when none of them is here."""
     rooms = manager.rooms.get(namespace)
     if rooms is None:
-        return _NOBODY  # nobody has connected to it yet
+        return  # nobody has connected to it yet
     recipients = _participants(rooms, room)
     if skip_sid is not None and recipients:
         skip = skip_sid if isinstance(skip_sid, list) else (skip_sid,)
         recipients = [pair for pair in recipients if pair[0] not in skip]
     if not recipients:
-        return _NOBODY
+        return
     if type(data) is tuple:
         message = [event, *data]
     else:
@@ -451,7 +436,6 @@ def deliver_now(
     eio = manager.server.eio
     sockets = eio.sockets
     ws_frames: list[bytes] | None = None
-    rest: list[tuple[str, list[Any]]] = _NOBODY
     for _, eio_sid in recipients:
         eio_socket = sockets.get(eio_sid)
         queue = getattr(eio_socket, "queue", None)
@@ -463,23 +447,11 @@ def deliver_now(
                 ws_frames = [websocket.frame("4" + f if isinstance(f, str) else f) for f in frames]
             for ws_frame in ws_frames:
                 queue.send(ws_frame)
-        else:
-            if rest is _NOBODY:
-                rest = []
-            rest.append((eio_sid, frames))
-    return rest
-
-
-async def send_rest(manager: socketio.AsyncManager, rest: list[tuple[str, list[Any]]]) -> None:
-    """What deliver_now left: sent the way engine.io sends (polling, or a socket to close)."""
-    for eio_sid, frames in rest:
+            continue
         for f in frames:
             await manager.server._send_eio_packet(
                 eio_sid, engineio_packet.Packet(engineio_packet.MESSAGE, f)
             )
-
-
-_NOBODY: Final[list[tuple[str, list[Any]]]] = []  # never appended to
 
 
 def _encode(packet_class: Any, namespace: str, message: list[Any]) -> str | list[Any]:
@@ -552,9 +524,7 @@ class DirectManager(socketio.AsyncManager):  # type: ignore[misc]
         if callback is not None or namespace not in self.rooms:
             await super().emit(event, data, namespace, room, skip_sid, callback, to, **kwargs)
             return
-        rest = deliver_now(self, event, data, namespace, to or room, skip_sid)
-        if rest:
-            await send_rest(self, rest)
+        await deliver(self, event, data, namespace, to or room, skip_sid)
 
 
 class SocketServer(socketio.AsyncServer):  # type: ignore[misc]
