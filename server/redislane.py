@@ -14,7 +14,9 @@ what redis-py would raise, so callers handle it as before: the connection lost o
 ConnectionError, no reply for `timeout` seconds a TimeoutError (the connection is dropped: a
 stalled Redis fails every call waiting on it), an error reply a ResponseError. As the pool's
 client does, a call that fails for the connection is tried once more on a new one (every
-script sent here may run twice: a compare-and-set or an idempotent pairing step).
+script sent here may run twice: a compare-and-set or an idempotent pairing step). The pool's
+settings include TCP keepalive (redis-py's default): a connection that went silent while no
+event came is closed by the kernel within 45 s, and the next call makes a new one.
 """
 
 from __future__ import annotations

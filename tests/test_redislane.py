@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import socket
 import time
 import warnings
 from collections.abc import AsyncIterator
@@ -186,3 +187,35 @@ async def test_the_commands_of_one_turn_of_the_loop_go_in_one_write(
     got = await asyncio.gather(*(script(args=[1, str(n)]) for n in range(50)))
     assert got == [str(n).encode() for n in range(50)]
     assert len(writes) == 1 and writes[0].count(b"EVALSHA") == 50
+
+
+# A connection dropped silently while idle is found by the kernel within this many seconds.
+IDLE_PEER_FOUND_WITHIN_SECONDS = 60
+
+
+async def test_connections_to_redis_probe_an_idle_peer(
+    clients: tuple[aioredis.Redis, Lane],
+) -> None:
+    """A connection dropped silently while no event came (a NAT or a proxy that forgot it, a
+    host gone) is found by TCP keepalive within a minute and closed, so the next check-in gets
+    a new connection instead of waiting out REDIS_TIMEOUT on the dead one; the probes also
+    keep such middleboxes from forgetting it. redis-py 8 asks for it by default (idle 30 s,
+    then 3 probes 5 s apart), for the pool's connections and so for the lane's, which is made
+    from the pool's settings: this holds it to that (redis-py 5 asked for none)."""
+    redis, lane = clients
+    assert await lane.call("PING") in (b"PONG", "PONG")
+    assert await redis.ping()
+    assert lane._pipe is not None and lane._pipe.transport is not None
+    sockets = {"lane": lane._pipe.transport.get_extra_info("socket")}
+    connection = await redis.connection_pool.get_connection()  # type: ignore[no-untyped-call]
+    try:
+        assert connection._writer is not None
+        sockets["pool"] = connection._writer.transport.get_extra_info("socket")
+        for name, sock in sockets.items():
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1, name
+            idle = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE)
+            interval = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL)
+            probes = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT)
+            assert idle + interval * probes <= IDLE_PEER_FOUND_WITHIN_SECONDS, name
+    finally:
+        await redis.connection_pool.release(connection)
