@@ -25,6 +25,10 @@ async def test_a_benchmark_generator_pairs_checks_in_and_holds_connections(
     try:
         paired = await generator.pair(server.url, 3, 3)
         assert (paired.count, paired.errors) == (3, {})
+        if client == "node":  # it times each step of a pairing (the Python generator does not)
+            steps = ["connect", "registerCode", "tracker_connect", "trackCode", "setTimers"]
+            assert list(paired.steps) == steps
+            assert all(ms > 0 for ms in paired.steps.values())
         looped = await generator.loop(1.0)
         assert looped.errors == {}
         assert looped.count > 3  # closed loop: each pair checked in again once confirmed

@@ -36,6 +36,8 @@ class Outcome:
     errors: dict[str, int]
     sent: int = 0
     received: int = 0
+    # Pairing: the mean wait of each step, ms (the Node generator times them; ours does not).
+    steps: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 class Generator(Protocol):
@@ -190,7 +192,9 @@ class NodeGenerator:
             timers=True,
             transports=["websocket"],
         )
-        return Outcome(reply["paired"], reply["seconds"], reply["errors"])
+        return Outcome(
+            reply["paired"], reply["seconds"], reply["errors"], steps=reply.get("steps", {})
+        )
 
     async def loop(self, duration: float) -> Outcome:
         reply = await self._command(duration + 60, op="loop", duration=duration, drain=2)

@@ -45,6 +45,12 @@ def raise_fd_limit() -> int:
     return hard
 
 
+def machine_cpu() -> tuple[float, float]:
+    """The machine's idle (idle + iowait) and total CPU seconds, all cores, from /proc/stat."""
+    fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (fields[3] + fields[4]) / TICK, sum(fields) / TICK
+
+
 def process_cpu(pid: int) -> float:
     """User + system CPU seconds of a process, from /proc/<pid>/stat."""
     stat = Path(f"/proc/{pid}/stat").read_text()

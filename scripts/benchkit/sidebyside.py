@@ -42,7 +42,15 @@ from typing import Any
 from redis import asyncio as aioredis
 
 from .generators import Generator, Outcome, start_generator
-from .processes import RAISED_QUOTAS, ROOT, Servers, process_cpu, process_rss_kb, stop
+from .processes import (
+    RAISED_QUOTAS,
+    ROOT,
+    Servers,
+    machine_cpu,
+    process_cpu,
+    process_rss_kb,
+    stop,
+)
 from .profile import Recorder
 
 PARTS = ("websocket", "connects", "polling")
@@ -54,6 +62,12 @@ FIGURES = (
     ("idle_cpu_pct", "CPU of idle WebSocket connections ({connections}, pings only)", "%"),
     ("cpu_us_per_check_in", "server CPU per confirmed check-in ({pairs} pairs)", "µs"),
     ("pairing_s", "time to pair {idle_pairs} pairs (connect, register, track, timers)", "s"),
+    ("pairing_connect_ms", "  pairing, mean wait: tracked connects", "ms"),
+    ("pairing_registerCode_ms", "  pairing, mean wait: registerCode -> codeRegistered", "ms"),
+    ("pairing_tracker_connect_ms", "  pairing, mean wait: tracker connects", "ms"),
+    ("pairing_trackCode_ms", "  pairing, mean wait: trackCode -> trackingStarted", "ms"),
+    ("pairing_setTimers_ms", "  pairing, mean wait: setTimers -> timersSet", "ms"),
+    ("pairing_machine_idle_pct", "  pairing: the machine's CPU left idle (all cores)", "%"),
     ("upgrade_cpu_us_per_connect", "polling→WebSocket: server CPU per connection, {first}", "µs"),
     ("upgrade_kb_per_connection", "polling→WebSocket: memory per connection, {first}", "KB"),
     ("websocket_cpu_us_per_connect", "WebSocket: server CPU per connection, {first}", "µs"),
@@ -75,15 +89,22 @@ GENERATOR = (
 
 @dataclass
 class Mark:
-    """The server's, Redis's and the generator's CPU seconds at one moment."""
+    """The server's, Redis's and the generator's CPU seconds at one moment, and the machine's."""
 
     server: float
     redis: float
     generator: float
     wall: float = field(default_factory=time.perf_counter)
+    machine: tuple[float, float] = field(default_factory=machine_cpu)  # idle, total
 
     def pct(self, later: Mark, of: str) -> float:
         return round(100 * (getattr(later, of) - getattr(self, of)) / (later.wall - self.wall), 2)
+
+    def idle_pct(self, later: Mark) -> float:
+        """The share of the machine's CPU (every core) nobody used in between: a phase that
+        leaves some idle while it is slow waits on round trips, not on CPU."""
+        idle, total = later.machine[0] - self.machine[0], later.machine[1] - self.machine[1]
+        return round(100 * idle / total, 1) if total > 0 else 0.0
 
 
 def checked(outcome: Outcome, wanted: int, what: str) -> Outcome:
@@ -194,6 +215,8 @@ class Bench:
             "generator_idle_pct": idle0.pct(idle1, "generator"),
             "generator_check_in_pct": loop0.pct(loop1, "generator"),
             "server_pairing_cpu_pct": before.pct(paired_at, "server"),
+            "pairing_machine_idle_pct": before.idle_pct(paired_at),
+            **{f"pairing_{step}_ms": round(ms, 2) for step, ms in paired.steps.items()},
             "rss_kb_before": rss0,
             "rss_kb_idle": rss1,
             "confirmed": looped.count,

@@ -9,7 +9,9 @@
 //    "transports":["websocket"]}
 //       Pairs N pairs, `concurrency` at a time: the tracked socket connects and registerCodes,
 //       the tracker connects and trackCodes, the tracked socket setTimers (each step waits for
-//       its reply). -> {"type":"paired","paired":n,"seconds":s,"errors":{message:count}}
+//       its reply). -> {"type":"paired","paired":n,"seconds":s,"errors":{message:count},
+//       "steps":{step:ms}}: the mean wait of each step of the pairs that got through it
+//       (connect, registerCode, tracker connect, trackCode, setTimers): where pairing time goes.
 //   {"op":"loop","duration":D,"drain":2}
 //       Every paired tracked socket checks in as fast as it is confirmed (the next checkIn
 //       when checkInConfirmed arrives) for D seconds, then waits up to `drain` seconds for the
@@ -129,24 +131,43 @@ async function pool(count, concurrency, task) {
   await Promise.all(Array.from({ length: Math.min(concurrency, count) }, worker));
 }
 
+// Per step of a pairing: the sum of its waits (ms) and how many got through it.
+function stepClock() {
+  const steps = {};
+  return {
+    async time(name, promise) {
+      const started = process.hrtime.bigint();
+      const value = await promise;
+      const step = steps[name] || (steps[name] = { ms: 0, count: 0 });
+      step.ms += Number(process.hrtime.bigint() - started) / 1e6;
+      step.count += 1;
+      return value;
+    },
+    means() {
+      return Object.fromEntries(Object.entries(steps).map(([name, s]) => [name, s.ms / s.count]));
+    },
+  };
+}
+
 async function pair(cmd) {
   const started = process.hrtime.bigint();
+  const clock = stepClock();
   await pool(cmd.pairs, cmd.concurrency || 50, async (n) => {
     const code = String(100000 + ((cmd.codeBase + n) % 900000));
     const tracked = open(cmd.url, cmd.transports, false);
-    await connected(tracked);
+    await clock.time("connect", connected(tracked));
     const registered = next(tracked, "codeRegistered");
     tracked.emit("registerCode", code);
-    await registered;
+    await clock.time("registerCode", registered);
     const tracker = open(cmd.url, cmd.transports, false);
-    await connected(tracker);
+    await clock.time("tracker_connect", connected(tracker));
     const tracking = next(tracker, "trackingStarted");
     tracker.emit("trackCode", code);
-    const { sessionToken } = await tracking;
+    const { sessionToken } = await clock.time("trackCode", tracking);
     if (cmd.timers) {
       const set = next(tracked, "timersSet");
       tracked.emit("setTimers", { sessionToken, ...TIMERS });
-      await set;
+      await clock.time("setTimers", set);
     }
     const entry = { tracked, tracker, token: sessionToken, outstanding: 0 };
     tracked.on("checkInConfirmed", () => confirmed(entry));
@@ -157,7 +178,7 @@ async function pair(cmd) {
     pairs.push(entry);
   });
   const seconds = Number(process.hrtime.bigint() - started) / 1e9;
-  reply({ type: "paired", paired: pairs.length, seconds, errors: takeErrors() });
+  reply({ type: "paired", paired: pairs.length, seconds, errors: takeErrors(), steps: clock.means() });
 }
 
 function checkIn(entry) {
