@@ -24,6 +24,16 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 Change = Callable[[Session], tuple[Session, T]]
 
+
+def change_with(rule: Callable[..., Session], *args: Any) -> Change[None]:
+    """A rule that returns the new record (rules.py), as a change for `update`."""
+
+    def change(session: Session) -> tuple[Session, None]:
+        return rule(session, *args), None
+
+    return change
+
+
 _encode = msgspec.json.Encoder().encode
 _decode_strict = msgspec.json.Decoder(Session).decode
 IDLE_EVICT_MS: Final = 10 * 60_000
