@@ -1,16 +1,20 @@
 """The side-by-side benchmark's two generators (scripts/benchkit: our Python clients, and the real
 socket.io-client through tests/node/loadgen.js) pair, check in and hold connections on every
-transport against a real server (a smoke test of the instrument, not a measurement)."""
+transport against a real server; scripts/pairing_ab.py runs a tree in rounds and prints its
+medians (smoke tests of the instruments, not measurements)."""
 
 from __future__ import annotations
 
+import asyncio
+import sys
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import StartServer
 
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = ROOT / "scripts"
 
 
 @pytest.mark.parametrize("client", ["python", "node"])
@@ -40,3 +44,29 @@ async def test_a_benchmark_generator_pairs_checks_in_and_holds_connections(
         await generator.close()
     finally:
         await generator.stop()
+
+
+async def test_the_pairing_a_b_runs_a_tree_in_rounds_and_prints_its_medians() -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(SCRIPTS / "pairing_ab.py"),
+        *("--tree", str(ROOT), "--pairs", "4", "--concurrency", "2"),
+        *("--rounds", "2", "--check-in", "1"),
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 120)
+    text = out.decode()
+    assert proc.returncode == 0, text
+    assert [line.split(":")[0] for line in text.splitlines() if line.startswith("round ")] == [
+        f"round 1/2 {ROOT}",
+        f"round 2/2 {ROOT}",
+    ]
+    medians = text.split("medians of 2 rounds\n", 1)[1].splitlines()
+    figures = {line.split()[0]: float(line.split()[1]) for line in medians[1:] if line.strip()}
+    assert figures["pairing_s"] > 0
+    assert figures["registerCode_ms"] > 0  # the Node generator's timing of each step
+    assert figures["server_ms_per_pair"] > 0
+    assert figures["redis_commands_per_pair"] > 0
+    assert figures["server_us_per_check_in"] > 0

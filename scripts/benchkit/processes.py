@@ -94,8 +94,11 @@ class Servers:
                 await asyncio.sleep(0.05)
         raise RuntimeError("redis-server did not start")
 
-    def spawn(self, kind: str = "ours") -> tuple[subprocess.Popen[bytes], str]:
-        """Start our server (`python -m server`) or Node's (`node server.js` in node_dir).
+    def spawn(
+        self, kind: str = "ours", root: Path | None = None
+    ) -> tuple[subprocess.Popen[bytes], str]:
+        """Start our server (`python -m server` in `root`, by default this checkout) or Node's
+        (`node server.js` in node_dir).
 
         Returns the process and its URL, not waited for. The Node server logs a line per event
         with console.log: its stdout goes to /dev/null; ours runs at LOG_LEVEL=WARNING.
@@ -107,7 +110,7 @@ class Servers:
         with open(self.last_log, "wb") as log:
             if kind == "ours":
                 env.update(HOST="127.0.0.1", LOG_LEVEL="WARNING", **RAISED_QUOTAS)
-                command, cwd, out = [sys.executable, "-m", "server"], ROOT, log
+                command, cwd, out = [sys.executable, "-m", "server"], root or ROOT, log
             elif kind == "node" and self.node_dir is not None:
                 command, cwd = [shutil.which("node") or "node", "server.js"], self.node_dir
                 out = subprocess.DEVNULL  # type: ignore[assignment]
@@ -116,8 +119,10 @@ class Servers:
             proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=log)
         return proc, f"http://127.0.0.1:{port}"
 
-    async def start(self, kind: str = "ours") -> tuple[subprocess.Popen[bytes], str]:
-        proc, url = self.spawn(kind)
+    async def start(
+        self, kind: str = "ours", root: Path | None = None
+    ) -> tuple[subprocess.Popen[bytes], str]:
+        proc, url = self.spawn(kind, root)
         await wait_http(url + "/", proc)
         return proc, url
 
