@@ -27,11 +27,11 @@ import statistics
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
 
 from benchkit.generators import NodeGenerator
-from benchkit.processes import RAISED_QUOTAS, Servers, process_cpu, raise_fd_limit, stop
-from benchkit.sidebyside import Mark, checked
+from benchkit.processes import RAISED_QUOTAS, Servers, raise_fd_limit, stop
+from benchkit.sidebyside import checked, mark
+from redis import asyncio as aioredis
 
 OWN_COMMANDS = ("cmdstat_flushall", "cmdstat_config|resetstat", "cmdstat_info")
 
@@ -55,19 +55,20 @@ def arguments() -> argparse.Namespace:
 
 
 class Rounds:
-    def __init__(self, servers: Servers, generator: NodeGenerator, args: argparse.Namespace):
+    def __init__(
+        self,
+        servers: Servers,
+        redis: aioredis.Redis,
+        generator: NodeGenerator,
+        args: argparse.Namespace,
+    ) -> None:
         self.servers = servers
+        self.redis = redis
         self.generator = generator
         self.args = args
 
-    def mark(self, pid: int) -> Mark:
-        return Mark(
-            process_cpu(pid), process_cpu(self.servers.redis_proc.pid), self.generator.cpu()
-        )
-
     async def one(self, kind: str, root: Path | None) -> dict[str, float]:
-        args, generator = self.args, self.generator
-        redis = await self.servers.wait_redis()
+        args, generator, redis = self.args, self.generator, self.redis
         await redis.flushall()
         proc, url = await self.servers.start(kind, root)
         try:
@@ -75,11 +76,11 @@ class Rounds:
             await generator.close()
             await asyncio.sleep(1.0)
             await redis.config_resetstat()
-            before = self.mark(proc.pid)
+            before = mark(self.servers, generator, proc)
             paired = checked(
                 await generator.pair(url, args.pairs, args.concurrency), args.pairs, "pairing"
             )
-            after = self.mark(proc.pid)
+            after = mark(self.servers, generator, proc)
             stats = await redis.info("commandstats")
             calls = sum(v["calls"] for k, v in stats.items() if k not in OWN_COMMANDS)
             row = {
@@ -95,13 +96,12 @@ class Rounds:
                 looped = await generator.loop(args.check_in)
                 if not looped.count or looped.errors:
                     raise RuntimeError(f"check-ins: {looped.count}, {looped.errors}")
-                done = self.mark(proc.pid)
+                done = mark(self.servers, generator, proc)
                 row["server_us_per_check_in"] = (done.server - after.server) / looped.count * 1e6
                 row["redis_us_per_check_in"] = (done.redis - after.redis) / looped.count * 1e6
         finally:
             await generator.close()
             stop(proc, kill=True)
-            await redis.aclose()
         return row
 
 
@@ -128,9 +128,10 @@ async def main() -> int:
     rows: dict[str, list[dict[str, float]]] = {name: [] for name, _, _ in runs}
     with tempfile.TemporaryDirectory() as workdir:
         servers = Servers(Path(workdir), args.against_node)
+        redis = await servers.wait_redis()
         generator = await NodeGenerator.start()
         try:
-            rounds = Rounds(servers, generator, args)
+            rounds = Rounds(servers, redis, generator, args)
             for index in range(args.rounds):
                 for name, kind, root in runs:
                     row = await rounds.one(kind, root)
@@ -139,13 +140,14 @@ async def main() -> int:
                     print(f"round {index + 1}/{args.rounds} {name}: {shown}", flush=True)
         finally:
             await generator.stop()
+            await redis.aclose()
             servers.close()
     names = [name for name, _, _ in runs]
     medians = {name: median_row(rows[name]) for name in names}
     print(f"\nmedians of {args.rounds} rounds\n" + table(names, medians))
     if "node" in rows:
         for name in names[:-1]:
-            ratios: list[Any] = [
+            ratios = [
                 round(ours["pairing_s"] / node["pairing_s"], 3)
                 for ours, node in zip(rows[name], rows["node"], strict=True)
             ]

@@ -107,6 +107,11 @@ class Mark:
         return round(100 * idle / total, 1) if total > 0 else 0.0
 
 
+def mark(servers: Servers, generator: Generator, proc: subprocess.Popen[bytes]) -> Mark:
+    """The server's, its Redis's and the generator's CPU now."""
+    return Mark(process_cpu(proc.pid), process_cpu(servers.redis_proc.pid), generator.cpu())
+
+
 def checked(outcome: Outcome, wanted: int, what: str) -> Outcome:
     if outcome.count < wanted or outcome.errors:
         raise RuntimeError(f"{what}: {outcome.count}/{wanted}, errors {outcome.errors}")
@@ -131,11 +136,7 @@ class Bench:
         self.profiles: dict[str, str] = {}
 
     def mark(self, proc: subprocess.Popen[bytes]) -> Mark:
-        return Mark(
-            process_cpu(proc.pid),
-            process_cpu(self.servers.redis_proc.pid),
-            self.generator.cpu(),
-        )
+        return mark(self.servers, self.generator, proc)
 
     @contextlib.contextmanager
     def phase(self, name: str, kind: str, proc: subprocess.Popen[bytes]) -> Iterator[None]:
