@@ -232,8 +232,8 @@ class Events(PairingEvents):
         if self.presence.holds(sid, token, Role.TRACKED):
             await self._refuse(sid, None, errors.NOT_A_TRACKER, "reconnectSession")
             return
-        updated_tracker = await self.store.update(
-            token, _rejoin_tracker(sid, self.trackers_per_session)
+        updated_tracker = await self._join_trackers(
+            sid, token, _rejoin_tracker(sid, self.trackers_per_session), lambda r: r[0]
         )
         if updated_tracker is None:
             await self._error(sid, errors.INVALID_SESSION)
@@ -246,7 +246,6 @@ class Events(PairingEvents):
             return
         self.presence.bind(sid, token, Role.TRACKER)
         await self.bindings.bound(sid, token, Role.TRACKER)
-        await self.sio.enter_room(sid, trackers_room(token))
         await self.sio.emit(
             "sessionReconnected", {"sessionToken": token, "role": "tracker"}, to=sid
         )

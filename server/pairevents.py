@@ -24,7 +24,7 @@ from .logs import token_ref
 from .models import PendingCode, Session
 from .pairing import CODE_TTL_MS, Claim, Track, contested, register, track
 from .presence import Role, trackers_room
-from .store import change_with
+from .store import Change, T, change_with
 
 if TYPE_CHECKING:
     import socketio
@@ -328,8 +328,8 @@ class PairingEvents:
             await self._tracking_started(sid, *joined, app=entry.tracked_sid)
             return True
         limit = self.trackers_per_session
-        updated = await self.store.update(
-            token, lambda session: rules.join_as_tracker(session, sid, limit)
+        updated = await self._join_trackers(
+            sid, token, lambda session: rules.join_as_tracker(session, sid, limit), bool
         )
         if updated is None:
             await self.codes.delete(seen)
@@ -414,6 +414,25 @@ class PairingEvents:
         self._paired_here(entry, token)
         return token, session
 
+    async def _join_trackers(
+        self, sid: str, token: str, change: Change[T], admitted: Callable[[T], bool]
+    ) -> tuple[Session, T] | None:
+        """The record change that makes `sid` a tracker of an existing session (`admitted`
+        reads its result). The socket is in the trackers' room from before the change commits:
+        whatever the trackers are told once the record names it (an alert fired on any
+        instance, a check-in) reaches it, where entering after the commit would miss what is
+        told in between. Out of the room again if not admitted (unless it was in before)."""
+        room = trackers_room(token)
+        member = self.presence.holds(sid, token, Role.TRACKER)
+        await self.sio.enter_room(sid, room)
+        updated = None
+        try:
+            updated = await self.store.update(token, change)
+        finally:
+            if not member and (updated is None or not admitted(updated[1])):
+                await self.sio.leave_room(sid, room)
+        return updated
+
     async def _tracking_started(
         self,
         sid: str,
@@ -426,12 +445,12 @@ class PairingEvents:
         """`app`: the tracked socket of a session just created, bound in Redis here too (both
         bindings in one round trip); `bound`: both are bound in Redis already."""
         self.presence.bind(sid, token, Role.TRACKER)
+        await self.sio.enter_room(sid, trackers_room(token))  # in already if it joined one
         if not bound:
             bindings = [(sid, token, Role.TRACKER)]
             if app is not None:
                 bindings.insert(0, (app, token, Role.TRACKED))
             await self.bindings.bound_all(bindings)
-        await self.sio.enter_room(sid, trackers_room(token))
         log.info("Tracker %s paired with session %s", sid, token_ref(token))
         await self.sio.emit("trackingStarted", {"sessionToken": token}, to=sid)
         if session.tracked_socket_id is not None:

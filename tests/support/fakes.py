@@ -36,6 +36,9 @@ class FakeSocketIO:
     async def enter_room(self, sid: str, room: str) -> None:
         self.rooms.setdefault(room, set()).add(sid)
 
+    async def leave_room(self, sid: str, room: str) -> None:
+        self.rooms.get(room, set()).discard(sid)
+
     async def emit(self, event: str, data: Any = None, to: str | None = None, **_: Any) -> None:
         assert to is not None
         for sid in sorted(self.rooms.get(to, {to})):
