@@ -249,6 +249,8 @@ class Events(PairingEvents):
         await self.sio.emit(
             "sessionReconnected", {"sessionToken": token, "role": "tracker"}, to=sid
         )
+        if not self._still(token, session):
+            return
         if pending is not None:
             await self.sio.emit(
                 "checkInMissed", {"sessionToken": token, "timestamp": pending}, to=sid

@@ -433,6 +433,18 @@ class PairingEvents:
                 await self.sio.leave_room(sid, room)
         return updated
 
+    def _newest(self, token: str, joined: Session) -> Session:
+        """The record as this instance holds it now (`joined`: as the join read it)."""
+        newest = self.store.cached(token)
+        return newest if newest is not None else joined
+
+    def _still(self, token: str, joined: Session) -> bool:
+        """Whether the last check-in is still the one the join read: what a socket that
+        joined the trackers is told of the record (its last check-in, the pending alert) is
+        told only then. Else a check-in handled here since was told to the trackers' room,
+        which the socket was in, and the join's state would follow it as older news."""
+        return self._newest(token, joined).last_check_in == joined.last_check_in
+
     async def _tracking_started(
         self,
         sid: str,
@@ -453,10 +465,11 @@ class PairingEvents:
             await self.bindings.bound_all(bindings)
         log.info("Tracker %s paired with session %s", sid, token_ref(token))
         await self.sio.emit("trackingStarted", {"sessionToken": token}, to=sid)
-        if session.tracked_socket_id is not None:
-            await self.sio.emit(
-                "trackerConnected", {"sessionToken": token}, to=session.tracked_socket_id
-            )
+        tracked = self._newest(token, session).tracked_socket_id
+        if tracked is not None:
+            await self.sio.emit("trackerConnected", {"sessionToken": token}, to=tracked)
+        if not self._still(token, session):
+            return
         if session.last_check_in is not None:
             await self.sio.emit(
                 "checkInReceived",
