@@ -31,7 +31,7 @@ from .metrics import Metrics
 from .models import Session
 from .pairevents import PairingEvents
 from .pairscripts import PairingScripts
-from .presence import Presence, Role, trackers_room
+from .presence import Joins, Presence, Role, trackers_room
 from .store import MemoryStore, StoreUnavailable, change_with
 from .tasks import running_loop
 
@@ -75,6 +75,7 @@ class Events(PairingEvents):
         self.instances = instances if instances is not None else Instances(clock)
         self.codes = codes if codes is not None else Codes(clock, self.instances, code_grace_ms)
         self.presence = Presence()
+        self.joins = Joins(getattr(sio, "manager", None))
         # Every socket's sessions, in Redis too: if its instance dies, a survivor tells them.
         self.bindings = bindings if bindings is not None else Bindings()
         self.code_grace_ms = code_grace_ms
@@ -232,6 +233,12 @@ class Events(PairingEvents):
         if self.presence.holds(sid, token, Role.TRACKED):
             await self._refuse(sid, None, errors.NOT_A_TRACKER, "reconnectSession")
             return
+        with self.joins.watching(token) as told:
+            await self._rejoin(sid, token, told)
+
+    async def _rejoin(self, sid: str, token: str, told: Callable[[], int]) -> None:
+        """reconnectSession as a tracker; `told`: the newest check-in told to the trackers'
+        room during the join (presence.Joins)."""
         updated_tracker = await self._join_trackers(
             sid, token, _rejoin_tracker(sid, self.trackers_per_session), lambda r: r[0]
         )
@@ -249,8 +256,8 @@ class Events(PairingEvents):
         await self.sio.emit(
             "sessionReconnected", {"sessionToken": token, "role": "tracker"}, to=sid
         )
-        if not self._still(token, session):
-            return
+        if told() > (session.last_check_in or 0):
+            return  # the socket heard a newer check-in: the pending alert is cleared
         if pending is not None:
             await self.sio.emit(
                 "checkInMissed", {"sessionToken": token, "timestamp": pending}, to=sid

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from .limits import AttemptLimiter, RateLimiter
     from .metrics import Metrics
     from .pairscripts import PairingScripts
-    from .presence import Presence
+    from .presence import Joins, Presence
     from .store import MemoryStore
 
 # The log lines of pairing keep the logger they had in events.py (operators filter on it).
@@ -56,6 +56,7 @@ class PairingEvents:
         instances: Instances
         codes: Codes
         presence: Presence
+        joins: Joins
         bindings: Bindings
         code_grace_ms: int
         limiter: AttemptLimiter
@@ -328,19 +329,22 @@ class PairingEvents:
             await self._tracking_started(sid, *joined, app=entry.tracked_sid)
             return True
         limit = self.trackers_per_session
-        updated = await self._join_trackers(
-            sid, token, lambda session: rules.join_as_tracker(session, sid, limit), bool
-        )
-        if updated is None:
-            await self.codes.delete(seen)
-            await self._error(sid, errors.INVALID_OR_EXPIRED_CODE)
-            return True
-        if not updated[1]:
+        with self.joins.watching(token) as told:
+            updated = await self._join_trackers(
+                sid, token, lambda session: rules.join_as_tracker(session, sid, limit), bool
+            )
+            if updated is None:
+                await self.codes.delete(seen)
+                await self._error(sid, errors.INVALID_OR_EXPIRED_CODE)
+                return True
+            if not updated[1]:
+                attempt.honest()
+                await self._refuse(
+                    sid, "trackers_per_session", errors.TOO_MANY_TRACKERS, "trackCode"
+                )
+                return True
             attempt.honest()
-            await self._refuse(sid, "trackers_per_session", errors.TOO_MANY_TRACKERS, "trackCode")
-            return True
-        attempt.honest()
-        await self._tracking_started(sid, token, updated[0])
+            await self._tracking_started(sid, token, updated[0], told=told)
         return True
 
     def _new_session(self, entry: PendingCode, sid: str) -> tuple[str, Session]:
@@ -438,13 +442,6 @@ class PairingEvents:
         newest = self.store.cached(token)
         return newest if newest is not None else joined
 
-    def _still(self, token: str, joined: Session) -> bool:
-        """Whether the last check-in is still the one the join read: what a socket that
-        joined the trackers is told of the record (its last check-in, the pending alert) is
-        told only then. Else a check-in handled here since was told to the trackers' room,
-        which the socket was in, and the join's state would follow it as older news."""
-        return self._newest(token, joined).last_check_in == joined.last_check_in
-
     async def _tracking_started(
         self,
         sid: str,
@@ -453,9 +450,11 @@ class PairingEvents:
         *,
         app: str | None = None,
         bound: bool = False,
+        told: Callable[[], int] = lambda: 0,
     ) -> None:
         """`app`: the tracked socket of a session just created, bound in Redis here too (both
-        bindings in one round trip); `bound`: both are bound in Redis already."""
+        bindings in one round trip); `bound`: both are bound in Redis already; `told`: the
+        newest check-in told to the trackers' room during the join (presence.Joins)."""
         self.presence.bind(sid, token, Role.TRACKER)
         await self.sio.enter_room(sid, trackers_room(token))  # in already if it joined one
         if not bound:
@@ -468,8 +467,8 @@ class PairingEvents:
         tracked = self._newest(token, session).tracked_socket_id
         if tracked is not None:
             await self.sio.emit("trackerConnected", {"sessionToken": token}, to=tracked)
-        if not self._still(token, session):
-            return
+        if told() > (session.last_check_in or 0):
+            return  # the socket heard a newer check-in: what the join read is older news
         if session.last_check_in is not None:
             await self.sio.emit(
                 "checkInReceived",

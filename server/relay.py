@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Final
 
 import socketio
@@ -42,6 +42,7 @@ RESUBSCRIBE_MAX_SECONDS: Final = 0.25
 
 class Relay(socketio.AsyncRedisManager):  # type: ignore[misc]
     name = "alliswell-relay"
+    watch: Callable[[str, Any, Any], None] | None = None  # see presence.Joins
 
     def __init__(self, redis: aioredis.Redis, instances: Instances) -> None:
         super().__init__(channel=keys.RELAY_CHANNEL, json=jsonlib)

@@ -421,6 +421,8 @@ async def deliver(
     rooms = manager.rooms.get(namespace)
     if rooms is None:
         return  # nobody has connected to it yet
+    if manager.watch is not None:  # a tracker is joining a session (presence.Joins)
+        manager.watch(event, room, data)
     recipients = _participants(rooms, room)
     if skip_sid is not None and recipients:
         skip = skip_sid if isinstance(skip_sid, list) else (skip_sid,)
@@ -509,6 +511,8 @@ class DirectManager(socketio.AsyncManager):  # type: ignore[misc]
     queueing a packet for a socket does not block, so plain awaits do the same for less
     (profiled: ~15% of the CPU of a check-in). Acks (callbacks) keep the original path.
     """
+
+    watch: Callable[[str, Any, Any], None] | None = None  # see presence.Joins
 
     async def emit(
         self,

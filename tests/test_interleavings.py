@@ -10,8 +10,17 @@ import functools
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import fakeredis
 import pytest
+import socketio
 
+from server import rules
+from server.clock import wall_ms
+from server.instances import Instances
+from server.presence import Joins
+from server.relay import Relay
+from server.store import change_with
+from server.transport import DirectManager
 from tests.support.fakes import START
 from tests.test_alerts import MIN, World
 
@@ -95,6 +104,16 @@ async def check_in(world: World) -> None:
     await world.send("t", "checkIn", world.token)
 
 
+async def check_in_elsewhere(world: World) -> None:
+    """A check-in on another instance: the record written (in Redis: a join here that reads
+    it later sees it), then its checkInReceived relayed to this instance's trackers. Nothing
+    of it passes through this instance's handlers."""
+    now = world.clock.now
+    await world.store.update(world.token, change_with(rules.check_in, now))
+    told = {"sessionToken": world.token, "timestamp": now}
+    await world.sio.emit("checkInReceived", told, to=f"trackers:{world.token}")
+
+
 def heard_the_alert(world: World, token: str) -> None:
     due = START + 2 * MIN
     assert world.missed("a") == [{"sessionToken": token, "timestamp": due}]
@@ -102,10 +121,14 @@ def heard_the_alert(world: World, token: str) -> None:
 
 
 def heard_the_check_in(world: World, token: str) -> None:
-    """Both trackers' last word is the check-in that ran in the join: no older state after
-    it (an earlier check-in, or the alert it cleared)."""
     session = world.store.cached(token)
     assert session is not None and session.last_check_in == world.clock.now
+    last_word_is_the_check_in(world, token)
+
+
+def last_word_is_the_check_in(world: World, token: str) -> None:
+    """Both trackers' last word is the check-in that ran in the join: no older state after
+    it (an earlier check-in, or the alert it cleared)."""
     for tracker in ("a", "b"):
         told = [
             (event, data)
@@ -122,6 +145,16 @@ ACTIONS: dict[str, tuple[bool, Action, Callable[[World, str], None]]] = {
     "an alert fires": (False, alert, heard_the_alert),
     "the tracked person checks in": (False, check_in, heard_the_check_in),
     "the tracked person checks in after a missed alert": (True, check_in, heard_the_check_in),
+    "the tracked person checks in on another instance": (
+        False,
+        check_in_elsewhere,
+        heard_the_check_in,
+    ),
+    "the tracked person checks in on another instance after a missed alert": (
+        True,
+        check_in_elsewhere,
+        heard_the_check_in,
+    ),
 }
 
 
@@ -155,3 +188,38 @@ async def test_a_refused_join_leaves_no_trace_in_the_room() -> None:
     await rejoin(world, token)
     assert world.sio.to("b") == [world.sio.to("b", "error")[0]]
     assert world.sio.rooms[f"trackers:{token}"] == {"a"}
+
+
+@pytest.mark.parametrize("relayed", [False, True], ids=["emitted here", "relayed"])
+async def test_the_socketio_manager_tells_joins_of_check_ins_to_the_room(relayed: bool) -> None:
+    """The real path: python-socketio's manager (ours without Redis, the relay with it) and
+    server/transport.deliver, which tells presence.Joins while a join is under way, and only
+    then."""
+    token = "ab" * 32
+    manager = Relay(fakeredis.FakeAsyncRedis(), Instances(wall_ms)) if relayed else DirectManager()
+    sio = socketio.AsyncServer(async_mode="aiohttp", client_manager=manager)
+    sent: list[Any] = []
+
+    async def send(eio_sid: str, pkt: Any) -> None:
+        sent.append((eio_sid, pkt.data))
+
+    sio._send_eio_packet = send  # type: ignore[method-assign]
+    manager.basic_enter_room("b", "/", f"trackers:{token}", eio_sid="eio-b")
+    joins = Joins(manager)
+    told = {"sessionToken": token, "timestamp": 1_800_000_001_000}
+
+    async def tell(data: dict[str, Any]) -> None:
+        if relayed:  # as a message from another instance arrives
+            await manager._handle_emit(
+                {"event": "checkInReceived", "data": [data], "room": f"trackers:{token}"}
+            )
+        else:
+            await sio.emit("checkInReceived", data, to=f"trackers:{token}")
+
+    with joins.watching(token) as newest:
+        assert manager.watch is not None and newest() == 0
+        await tell(told)
+        await tell({**told, "timestamp": 1_800_000_000_000})  # an older one, late
+        assert newest() == 1_800_000_001_000
+    assert manager.watch is None  # no join under way: emits pay nothing
+    assert len(sent) == 2 and all(eio_sid == "eio-b" for eio_sid, _ in sent)

@@ -29,6 +29,8 @@ class FakeSocketIO:
         self.sent: list[tuple[str, str, Any]] = []  # (sid, event, data)
         self.rooms: dict[str, set[str]] = {}
         self.handlers: dict[str, Any] = {}
+        self.manager = self  # python-socketio's manager: what deliver() tells (`watch`)
+        self.watch: Any = None
 
     def on(self, event: str, handler: Any) -> None:
         self.handlers[event] = handler
@@ -41,6 +43,8 @@ class FakeSocketIO:
 
     async def emit(self, event: str, data: Any = None, to: str | None = None, **_: Any) -> None:
         assert to is not None
+        if self.watch is not None:
+            self.watch(event, to, data)
         for sid in sorted(self.rooms.get(to, {to})):
             self.sent.append((sid, event, data))
 
