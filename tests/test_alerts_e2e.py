@@ -74,6 +74,32 @@ async def test_an_alert_due_while_the_server_was_down_fires_when_it_is_back(
     assert missed == {"sessionToken": pairing.token, "timestamp": timers["alertTimeEnd"]}
 
 
+async def test_trackers_reconnecting_as_the_server_starts_all_hear_the_alerts_due_meanwhile(
+    node: NodeDriver, start_server: Any, redis_url: str
+) -> None:
+    """The test above with several sessions at once: the restarted server fires their alerts in
+    its first rounds as their trackers reconnect; each tracker hears its alert, whichever came
+    first (a join reads it pending, or the alert is told to a room the tracker is in). On a
+    quiet machine the alerts mostly fire before the trackers are back; the moment in between
+    is held deterministically by tests/test_interleavings.py."""
+    server = await start_server(redis_url=redis_url)
+    pairings = [await pair(node, server.url, "websocket") for _ in range(8)]
+    due = {}
+    for pairing in pairings:
+        await check_in(pairing.tracked, pairing.token)
+        due[pairing.token] = (await arm(pairing, 0.005, 0.01))["alertTimeEnd"]
+    server.kill()
+    await asyncio.sleep(1.0)
+    await server.start()
+    trackers = await asyncio.gather(*(node.connect(server.url, "websocket") for _ in pairings))
+    for tracker, pairing in zip(trackers, pairings, strict=True):
+        tracker.emit("reconnectSession", {"sessionToken": pairing.token, "role": "tracker"})
+    for tracker, pairing in zip(trackers, pairings, strict=True):
+        await tracker.expect("sessionReconnected")
+        missed = only(await tracker.expect("checkInMissed"))
+        assert missed == {"sessionToken": pairing.token, "timestamp": due[pairing.token]}
+
+
 @pytest.fixture
 async def receiver(unused_tcp_port: int) -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
     """A webhook receiver that fails the first request of every notice, then accepts."""
