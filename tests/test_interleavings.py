@@ -182,14 +182,6 @@ async def test_what_the_trackers_are_told_reaches_one_that_joins_at_that_moment(
     assert points >= 4  # the handler waits at least twice: before and after each
 
 
-async def test_a_refused_join_leaves_no_trace_in_the_room() -> None:
-    world, token = await armed_world()
-    world.events.trackers_per_session = 1
-    await rejoin(world, token)
-    assert world.sio.to("b") == [world.sio.to("b", "error")[0]]
-    assert world.sio.rooms[f"trackers:{token}"] == {"a"}
-
-
 @pytest.mark.parametrize("relayed", [False, True], ids=["emitted here", "relayed"])
 async def test_the_socketio_manager_tells_joins_of_check_ins_to_the_room(relayed: bool) -> None:
     """The real path: python-socketio's manager (ours without Redis, the relay with it) and
