@@ -30,6 +30,7 @@ from redis.exceptions import RedisError
 
 from . import jsonlib, keys, tasks
 from .instances import Instances, owner
+from .rooms import IndexedRooms
 from .transport import deliver
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ LISTEN_POLL_SECONDS: Final = 1.0  # the listener wakes up at least this often (h
 RESUBSCRIBE_MAX_SECONDS: Final = 0.25
 
 
-class Relay(socketio.AsyncRedisManager):  # type: ignore[misc]
+class Relay(IndexedRooms, socketio.AsyncRedisManager):  # type: ignore[misc]
     name = "alliswell-relay"
     watch: Callable[[str, Any, Any], None] | None = None  # see presence.Joins
 

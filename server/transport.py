@@ -29,6 +29,7 @@ from .guard import BINARY_STRIKES, EVENT_OF, Guard
 from .instances import SEPARATOR
 from .limits import client_address
 from .randbytes import RANDOM
+from .rooms import IndexedRooms
 from .settings import Settings
 from .tasks import running_loop
 
@@ -504,8 +505,9 @@ def _sendable(eio_socket: Any, ping_timeout: float) -> bool:
     return not eio_socket.closed and not (last_ping and time.time() - last_ping > ping_timeout)
 
 
-class DirectManager(socketio.AsyncManager):  # type: ignore[misc]
-    """python-socketio's manager, without a task per recipient.
+class DirectManager(IndexedRooms, socketio.AsyncManager):  # type: ignore[misc]
+    """python-socketio's manager, without a task per recipient (and with each socket's rooms
+    indexed: server.rooms).
 
     Its emit starts a task for each recipient and waits for them all, even for one socket;
     queueing a packet for a socket does not block, so plain awaits do the same for less
