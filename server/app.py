@@ -143,7 +143,7 @@ def build_shared(settings: Settings, clock: Clock) -> Shared:
             records=store.records,
         ),
         Relay(redis, instances),
-        Bindings(redis),
+        Bindings(redis, lane),
         PairingScripts(lane),
     )
 

@@ -27,6 +27,7 @@ from .instances import Instances, owner
 from .logs import token_ref
 from .models import Session
 from .presence import Presence, Role
+from .redislane import Lane
 from .store import StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -69,13 +70,16 @@ class Bindings:
     """Where each instance's sockets are bound, in Redis; nothing without Redis (one instance:
     nobody survives it)."""
 
-    def __init__(self, redis: aioredis.Redis | None = None) -> None:
+    def __init__(self, redis: aioredis.Redis | None = None, lane: Lane | None = None) -> None:
         self._redis = redis
+        # Binds and leaves come with every pairing, reconnect and disconnect: down the lane
+        # when there is one (server/redislane.py), as the other scripts run per event.
+        self._lane = lane
         self._presence: Presence | None = None
         self._records: Callable[[], Iterable[tuple[str, Session]]] = list
         self._marker: str | None = None
         self._restoring: asyncio.Task[None] | None = None
-        self._bind = redis.register_script(_BIND) if redis is not None else None
+        self._bind = (lane or redis).register_script(_BIND) if redis is not None else None
 
     @property
     def shared(self) -> bool:
@@ -159,8 +163,12 @@ class Bindings:
         if self._redis is None or instance is None or not bindings:
             return
         members = [binding(sid, token, role) for token, role in bindings]
+        key = keys.instance_sessions(instance)
         try:
-            await self._redis.srem(keys.instance_sessions(instance), *members)
+            if self._lane is not None:
+                await self._lane.call("SREM", key, *members)
+            else:
+                await self._redis.srem(key, *members)
         except (RedisError, OSError) as exc:
             log.warning("Bindings of %s not removed (%s)", sid, exc.__class__.__name__)
 

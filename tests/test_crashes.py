@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 from collections.abc import Collection
 
+import pytest
 from redis import asyncio as aioredis
 
 from server import keys
@@ -16,6 +17,7 @@ from server.instances import Instances
 from server.models import Session
 from server.persistence import RedisStore
 from server.presence import Role, trackers_room
+from server.redislane import Lane
 from server.store import StoreUnavailable
 from tests.support.fakes import FakeClock, FakeSocketIO, beat_alone
 
@@ -57,13 +59,20 @@ async def test_exactly_one_survivor_tells_each_session_of_a_dead_instance_once(
     assert await server_redis.exists(keys.instance_sessions("dead0001")) == 0
 
 
+@pytest.mark.parametrize("lane", [False, True], ids=["pool", "lane"])
 async def test_a_socket_that_left_is_not_in_its_instances_sweep(
-    server_redis: aioredis.Redis,
+    server_redis: aioredis.Redis, lane: bool
 ) -> None:
-    bindings = Bindings(server_redis)
+    # The server binds and leaves down the lane (server/redislane.py); the pool's client too.
+    through = Lane(server_redis, 2.0) if lane else None
+    bindings = Bindings(server_redis, through)
     await bindings.bound("dead0002.app", T1, Role.TRACKED)
     await bindings.bound("dead0002.phone", T1, Role.TRACKER)
+    await bindings.bound("dead0002.tablet", T2, Role.TRACKER)
     await bindings.left("dead0002.app", [(T1, Role.TRACKED)])
+    await bindings.left("dead0002.tablet", [(T2, Role.TRACKER)])
+    if through is not None:
+        await through.close()
     teller = Teller()
 
     assert await Sweeper(Instances(FakeClock()), bindings, teller).sweep("dead0002") == 1
