@@ -37,6 +37,12 @@ async def test_a_benchmark_generator_pairs_checks_in_and_holds_connections(
         assert looped.errors == {}
         assert looped.count > 3  # closed loop: each pair checked in again once confirmed
         assert looped.received > 0  # our server pushes each check-in to the trackers
+        if client == "node":  # trackers drop and come back (reconnectSession), in turn
+            churned = await generator.churn(server.url, 5, 2)
+            assert (churned.count, churned.errors) == (5, {})
+            assert list(churned.steps) == ["tracker_connect", "reconnectSession"]
+            again = await generator.loop(1.0)  # the new trackers hear the check-ins
+            assert again.errors == {} and again.received > 0
         await generator.close()
         for mode in ("websocket", "polling", "upgrade"):
             opened = await generator.open(server.url, 3, 3, mode)

@@ -40,6 +40,11 @@ class Outcome:
     steps: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
+def stepped(reply: dict[str, Any], done: str) -> Outcome:
+    """The Node generator's reply to a command timed step by step (pair, churn)."""
+    return Outcome(reply[done], reply["seconds"], reply["errors"], steps=reply.get("steps", {}))
+
+
 class Generator(Protocol):
     name: str
 
@@ -192,14 +197,19 @@ class NodeGenerator:
             timers=True,
             transports=["websocket"],
         )
-        return Outcome(
-            reply["paired"], reply["seconds"], reply["errors"], steps=reply.get("steps", {})
-        )
+        return stepped(reply, "paired")
 
     async def loop(self, duration: float) -> Outcome:
         reply = await self._command(duration + 60, op="loop", duration=duration, drain=2)
         return Outcome(
             reply["confirmed"], reply["seconds"], reply["errors"], reply["sent"], reply["received"]
+        )
+
+    async def churn(self, url: str, count: int, concurrency: int) -> Outcome:
+        """`count` paired trackers drop and reconnect (reconnectSession) on new sockets."""
+        churn = {"url": url, "count": count, "concurrency": concurrency}
+        return stepped(
+            await self._command(600, op="churn", transports=["websocket"], **churn), "churned"
         )
 
     async def open(self, url: str, count: int, concurrency: int, mode: str) -> Outcome:

@@ -68,6 +68,14 @@ FIGURES = (
     ("pairing_trackCode_ms", "  pairing, mean wait: trackCode -> trackingStarted", "ms"),
     ("pairing_setTimers_ms", "  pairing, mean wait: setTimers -> timersSet", "ms"),
     ("pairing_machine_idle_pct", "  pairing: the machine's CPU left idle (all cores)", "%"),
+    (
+        "cpu_us_per_reconnect",
+        "server CPU per tracker reconnect ({reconnects}, {connections} held)",
+        "µs",
+    ),
+    ("reconnect_s", "time for the {reconnects} reconnects", "s"),
+    ("reconnect_tracker_connect_ms", "  reconnect, mean wait: tracker connects", "ms"),
+    ("reconnect_reconnectSession_ms", "  reconnect, mean wait: reconnectSession", "ms"),
     ("upgrade_cpu_us_per_connect", "polling→WebSocket: server CPU per connection, {first}", "µs"),
     ("upgrade_kb_per_connection", "polling→WebSocket: memory per connection, {first}", "KB"),
     ("websocket_cpu_us_per_connect", "WebSocket: server CPU per connection, {first}", "µs"),
@@ -82,6 +90,7 @@ GENERATOR = (
     ("generator_pairing_pct", "pairing"),
     ("generator_idle_pct", "holding the idle WebSocket connections"),
     ("generator_check_in_pct", "closed loop of check-ins"),
+    ("generator_reconnect_pct", "tracker reconnects"),
     ("generator_connects_pct", "opening connections (polling→WebSocket)"),
     ("generator_polling_pct", "holding the idle polling connections"),
 )
@@ -193,6 +202,27 @@ class Bench:
             with self.phase("idle", kind, proc):
                 rss1 = await self.hold(proc, args.idle_window)
             idle1 = self.mark(proc)
+            # Phones dropping and coming back while the others stay (the Node client only).
+            churn = getattr(generator, "churn", None)
+            if churn is not None and args.reconnects:
+                churn0 = self.mark(proc)
+                with self.phase("reconnects", kind, proc):
+                    churned = checked(
+                        await churn(url, args.reconnects, args.concurrency),
+                        args.reconnects,
+                        "reconnects",
+                    )
+                churn1 = self.mark(proc)
+                reconnects = {
+                    "cpu_us_per_reconnect": round(
+                        (churn1.server - churn0.server) / churned.count * 1e6, 1
+                    ),
+                    "reconnect_s": round(churned.seconds, 3),
+                    **{f"reconnect_{step}_ms": round(ms, 2) for step, ms in churned.steps.items()},
+                    "generator_reconnect_pct": churn0.pct(churn1, "generator"),
+                }
+            else:
+                reconnects = {}
             await generator.close()
             await asyncio.sleep(1.0)
             checked(await generator.pair(url, args.pairs, args.concurrency), args.pairs, "pairs")
@@ -218,6 +248,7 @@ class Bench:
             "server_pairing_cpu_pct": before.pct(paired_at, "server"),
             "pairing_machine_idle_pct": before.idle_pct(paired_at),
             **{f"pairing_{step}_ms": round(ms, 2) for step, ms in paired.steps.items()},
+            **reconnects,
             "rss_kb_before": rss0,
             "rss_kb_idle": rss1,
             "confirmed": looped.count,
@@ -298,6 +329,7 @@ def label_of(template: str, settings: dict[str, Any]) -> str:
         connects=settings["connects"],
         first=f"{settings['connects']} opened + {settings['first_seconds']:g} s",
         polling=f"{settings['polling_connections']:,}",
+        reconnects=f"{settings.get('reconnects', 0):,}",
     )
 
 
@@ -338,6 +370,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--idle-window", type=float, default=55.0, help="s; pings every 25 s")
     group.add_argument("--concurrency", type=int, default=50, help="pairings/connects at once")
     group.add_argument("--connects", type=int, default=500)
+    group.add_argument(
+        "--reconnects", type=int, default=2000, help="trackers that drop and reconnect (node)"
+    )
     group.add_argument("--first-seconds", type=float, default=5.0)
     group.add_argument("--polling-connections", type=int, default=1000)
     group.add_argument("--settle", type=float, default=3.0, help="s after opening, before idle")
@@ -442,6 +477,7 @@ async def measure(
                 "connects",
                 "first_seconds",
                 "polling_connections",
+                "reconnects",
             )
         },
         **{kind: {"median": medians(runs[kind]), "runs": runs[kind]} for kind in KINDS},

@@ -20,6 +20,10 @@
 //       Opens N plain Socket.IO connections and holds them (no events); with "upgrade", each
 //       starts on the first transport and counts as open once upgraded to websocket.
 //       -> {"type":"opened","opened":n,"seconds":s,"errors":{...}}
+//   {"op":"churn","url":...,"count":N,"concurrency":50,"transports":["websocket"]}
+//       N trackers of the paired pairs, in turn, disconnect and come back on a new socket
+//       (reconnectSession as tracker), `concurrency` at a time: a flaky phone's reconnect.
+//       -> {"type":"churned","churned":n,"seconds":s,"errors":{...},"steps":{step:ms}}
 //   {"op":"close"}   disconnects every socket -> {"type":"closed"}
 //   {"op":"exit"}    disconnects every socket and exits
 //
@@ -38,6 +42,7 @@ let sockets = [];
 let pairs = [];
 let loop = null; // the closed loop's counters while it runs
 let errors = new Map();
+let churned = 0; // trackers replaced so far, so that the next churn takes the next ones
 
 function error(message) {
   const key = String(message).slice(0, 120);
@@ -219,6 +224,34 @@ async function runLoop(cmd) {
   reply({ type: "looped", sent, confirmed: count, received, seconds, errors: takeErrors() });
 }
 
+// A tracker's phone dropping and coming back: `count` trackers of the paired pairs (taken in
+// turn) each disconnect, and a new socket connects and sends reconnectSession as tracker,
+// `concurrency` at a time; the new socket is the pair's tracker from then on.
+async function churn(cmd) {
+  const started = process.hrtime.bigint();
+  const clock = stepClock();
+  if (!pairs.length) throw new Error("nothing paired to churn");
+  await pool(cmd.count, cmd.concurrency || 50, async (n) => {
+    const entry = pairs[(churned + n) % pairs.length];
+    const old = entry.tracker;
+    old.benchClosing = true;
+    old.disconnect();
+    const tracker = open(cmd.url, cmd.transports, false);
+    await clock.time("tracker_connect", connected(tracker));
+    const back = next(tracker, "sessionReconnected");
+    tracker.emit("reconnectSession", { sessionToken: entry.token, role: "tracker" });
+    await clock.time("reconnectSession", back);
+    entry.tracker = tracker;
+    tracker.on("checkInReceived", () => {
+      if (loop) loop.received += 1;
+    });
+  });
+  churned += cmd.count;
+  sockets = sockets.filter((socket) => !socket.benchClosing);
+  const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+  reply({ type: "churned", churned: cmd.count, seconds, errors: takeErrors(), steps: clock.means() });
+}
+
 async function openIdle(cmd) {
   const started = process.hrtime.bigint();
   let opened = 0;
@@ -240,12 +273,14 @@ function closeAll() {
   }
   sockets = [];
   pairs = [];
+  churned = 0;
 }
 
 const handlers = {
   pair,
   loop: runLoop,
   open: openIdle,
+  churn,
   close: async () => {
     closeAll();
     reply({ type: "closed", errors: takeErrors() });
