@@ -10,8 +10,10 @@ carry over.
 Per round and server: the time to pair --pairs pairs (--concurrency at a time), the mean wait of
 each pairing step (the Node generator's timing), the CPU per pair of the server, of Redis and of
 the generator, the share of the machine's CPU left idle, the Redis commands per pair (INFO
-commandstats, those inside scripts included); with --check-in S, then the server's CPU per
-confirmed check-in over S seconds of a closed loop on those pairs.
+commandstats, those inside scripts included); with --reconnects N, then the server's CPU per
+tracker reconnect (N trackers drop and reconnectSession on new sockets, the pairs held); with
+--check-in S, then the server's CPU per confirmed check-in over S seconds of a closed loop on
+those pairs.
 
     .venv/bin/python scripts/pairing_ab.py --tree ../before --tree . --against-node DIR
     .venv/bin/python scripts/pairing_ab.py --tree . --against-node DIR --rounds 3 --check-in 10
@@ -44,6 +46,9 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--check-in", type=float, default=0.0, help="seconds of check-ins")
+    parser.add_argument(
+        "--reconnects", type=int, default=0, help="trackers that then drop and reconnect"
+    )
     args = parser.parse_args()
     args.tree = [tree.resolve() for tree in args.tree or [Path(".")]]
     if len(set(args.tree)) < len(args.tree):
@@ -92,6 +97,16 @@ class Rounds:
                 "redis_commands_per_pair": calls / args.pairs,
                 **{f"{step}_ms": ms for step, ms in paired.steps.items()},
             }
+            if args.reconnects:
+                churned = checked(
+                    await generator.churn(url, args.reconnects, args.concurrency),
+                    args.reconnects,
+                    "reconnects",
+                )
+                back = mark(self.servers, generator, proc)
+                row["server_us_per_reconnect"] = (back.server - after.server) / churned.count * 1e6
+                row.update({f"reconnect_{step}_ms": ms for step, ms in churned.steps.items()})
+                after = back
             if args.check_in:
                 looped = await generator.loop(args.check_in)
                 if not looped.count or looped.errors:

@@ -23,16 +23,12 @@ from socketio.base_manager import BaseManager
 
 class SidSet(dict[str, None]):
     """The part of a list that python-socketio uses (`append`, `remove`, `in`, `len`), with a
-    dict's lookups: insertion-ordered, each sid once."""
+    dict's lookups: insertion-ordered, each sid once. dict's own methods, called from C:
+    `append(sid)` is `setdefault(sid)` (the value None), `remove(sid)` is `pop(sid)`, which
+    python-socketio calls only for a sid it found there."""
 
-    def append(self, sid: str) -> None:
-        self[sid] = None
-
-    def remove(self, sid: str) -> None:
-        try:
-            del self[sid]
-        except KeyError:
-            raise ValueError(f"{sid!r} is not pending") from None
+    append = dict.setdefault
+    remove = dict.pop
 
 
 class PendingSids(dict[str, SidSet]):

@@ -159,5 +159,5 @@ async def test_the_pending_lists_keep_their_order_and_refuse_what_is_not_there()
     assert list(manager.pending_connect["/"]) == sids
     await manager.connect(sids[1], "/")
     assert list(manager.pending_connect["/"]) == [sids[0], sids[2]]
-    with pytest.raises(ValueError):
+    with pytest.raises(LookupError):
         manager.pending_connect["/"].remove("nobody")
