@@ -324,6 +324,28 @@ async def test_aiohttp_holds_nothing_of_an_open_websocket(server: Server) -> Non
     assert len(server.websockets) == 0
 
 
+async def test_aiohttp_leaves_no_cyclic_garbage_behind_an_open_websocket(server: Server) -> None:
+    # Its request handler and its request parser name each other: unless the parser is let go
+    # when the connection is taken from aiohttp, each connection leaves ~20 objects (handler,
+    # parser, headers) for the cyclic collector, which paused the server 15 ms at a time
+    # while pairing.
+    gc.collect()
+    gc.disable()
+    try:
+        before = sum(1 for obj in gc.get_objects() if isinstance(obj, RequestHandler))
+        async with aiohttp.ClientSession() as http:
+            clients = [await connected(http, server.url) for _ in range(20)]
+            for ws in clients:
+                await ws.send_str('421["echo","hi"]')
+                assert await ws.receive_str() == '431["hi"]'
+            left = sum(1 for obj in gc.get_objects() if isinstance(obj, RequestHandler))
+            assert left == before
+            for ws in clients:
+                await ws.close()
+    finally:
+        gc.enable()
+
+
 async def test_the_server_closes_every_websocket_on_shutdown(server: Server) -> None:
     async with aiohttp.ClientSession() as http:
         clients = [await connected(http, server.url) for _ in range(3)]
