@@ -3,9 +3,9 @@
 The side-by-side benchmark (scripts/benchmark.py --against-node) takes 20 minutes and measures
 one tree. To decide whether a change to the server is worth keeping, its tree and the tree
 without it are run here in alternating rounds (A, B, Node, A, B, Node, ...), each server fresh on
-an emptied Redis, under the real socket.io-client (tests/node/loadgen.js), and compared by the
-medians of the rounds: on a shared, noisy machine only figures taken in one run, side by side,
-carry over.
+an emptied Redis, under the real socket.io-client (tests/node/loadgen.js, warmed up first
+against each: benchkit.sidebyside.warm_up), and compared by the medians of the rounds: on a
+shared, noisy machine only figures taken in one run, side by side, carry over.
 
 Per round and server: the time to pair --pairs pairs (--concurrency at a time), the mean wait of
 each pairing step (the Node generator's timing), the CPU per pair of the server, of Redis and of
@@ -32,7 +32,7 @@ from pathlib import Path
 
 from benchkit.generators import NodeGenerator
 from benchkit.processes import RAISED_QUOTAS, Servers, raise_fd_limit, stop
-from benchkit.sidebyside import checked, mark
+from benchkit.sidebyside import WARM_UP_PAIRS, checked, mark, warm_up
 from redis import asyncio as aioredis
 
 OWN_COMMANDS = ("cmdstat_flushall", "cmdstat_config|resetstat", "cmdstat_info")
@@ -146,6 +146,9 @@ async def main() -> int:
         redis = await servers.wait_redis()
         generator = await NodeGenerator.start()
         try:
+            targets = [(kind, root) for _, kind, root in runs]
+            pairs = min(WARM_UP_PAIRS, args.pairs)
+            await warm_up(servers, redis, generator, targets, pairs, args.concurrency)
             rounds = Rounds(servers, redis, generator, args)
             for index in range(args.rounds):
                 for name, kind, root in runs:
