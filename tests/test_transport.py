@@ -13,6 +13,8 @@ import pytest
 import socketio
 import websockets
 from aiohttp.test_utils import TestServer
+from engineio import exceptions
+from engineio import packet as engineio_packet
 
 from server import transport
 from server.app import SIO, create_app
@@ -206,3 +208,38 @@ def test_events_are_encoded_as_python_socketio_encodes_them() -> None:
         for message in messages:
             made = packet_class(socketio.packet.EVENT, namespace=namespace, data=message).encode()
             assert transport._encode(packet_class, namespace, message) == made, message
+
+
+async def test_a_pending_poll_makes_no_task_and_ends_as_engine_io_s_does() -> None:
+    """PollingSocket.poll: the first packet awaited under asyncio.timeout, not wait_for (a task
+    per pending GET); what it answers is engine.io's."""
+    sio = transport.SocketServer(async_mode="aiohttp", ping_interval=0.1, ping_timeout=0.1)
+    socket = transport.PollingSocket(sio.eio, "a-sid")
+    queue = socket.queue
+    # Packets queued before the poll go out together; a None after them stays queued.
+    first, second = (engineio_packet.Packet(engineio_packet.MESSAGE, t) for t in ("a", "b"))
+    for item in (first, second, None):
+        queue.put_nowait(item)
+    assert await socket.poll() == [first, second]
+    assert queue.qsize() == 1
+    assert await socket.poll() == []  # None alone: the writer stops
+    # A pending poll is this task alone, and is answered by the next packet.
+    tasks = len(asyncio.all_tasks())
+    pending = asyncio.create_task(socket.poll())
+    await asyncio.sleep(0.01)
+    assert len(asyncio.all_tasks()) == tasks + 1
+    queue.put_nowait(first)
+    assert await pending == [first]
+    # Nothing for ping_interval + ping_timeout: QueueEmpty, and no waiter is left behind.
+    started = time.monotonic()
+    with pytest.raises(exceptions.QueueEmpty):
+        await socket.poll()
+    assert 0.15 < time.monotonic() - started < 1.0
+    assert not queue._getters
+    # Cancelled from outside (aiohttp's handler), as engine.io's: QueueEmpty too.
+    pending = asyncio.create_task(socket.poll())
+    await asyncio.sleep(0.01)
+    pending.cancel()
+    with pytest.raises(exceptions.QueueEmpty):
+        await pending
+    assert not queue._getters
