@@ -32,7 +32,7 @@ from pathlib import Path
 
 from benchkit.generators import NodeGenerator
 from benchkit.processes import RAISED_QUOTAS, Servers, raise_fd_limit, stop
-from benchkit.sidebyside import WARM_UP_PAIRS, checked, mark, warm_up
+from benchkit.sidebyside import checked, mark, warm_up
 from redis import asyncio as aioredis
 
 OWN_COMMANDS = ("cmdstat_flushall", "cmdstat_config|resetstat", "cmdstat_info")
@@ -147,8 +147,7 @@ async def main() -> int:
         generator = await NodeGenerator.start()
         try:
             targets = [(kind, root) for _, kind, root in runs]
-            pairs = min(WARM_UP_PAIRS, args.pairs)
-            await warm_up(servers, redis, generator, targets, pairs, args.concurrency)
+            await warm_up(servers, redis, generator, targets, args.pairs, args.concurrency)
             rounds = Rounds(servers, redis, generator, args)
             for index in range(args.rounds):
                 for name, kind, root in runs:

@@ -296,8 +296,9 @@ async def eventually(check: Callable[[], bool]) -> None:
     raise AssertionError("condition not met in time")
 
 
-def alive(kind: type) -> int:
-    gc.collect()
+def alive(kind: type, collect: bool = True) -> int:
+    if collect:
+        gc.collect()
     return sum(1 for obj in gc.get_objects() if isinstance(obj, kind))
 
 
@@ -332,14 +333,13 @@ async def test_aiohttp_leaves_no_cyclic_garbage_behind_an_open_websocket(server:
     gc.collect()
     gc.disable()
     try:
-        before = sum(1 for obj in gc.get_objects() if isinstance(obj, RequestHandler))
+        before = alive(RequestHandler, collect=False)
         async with aiohttp.ClientSession() as http:
             clients = [await connected(http, server.url) for _ in range(20)]
             for ws in clients:
                 await ws.send_str('421["echo","hi"]')
                 assert await ws.receive_str() == '431["hi"]'
-            left = sum(1 for obj in gc.get_objects() if isinstance(obj, RequestHandler))
-            assert left == before
+            assert alive(RequestHandler, collect=False) == before
             for ws in clients:
                 await ws.close()
     finally:

@@ -139,8 +139,8 @@ async def warm_up(
     pairs: int,
     concurrency: int,
 ) -> None:
-    """Warm the generator before anything is measured: `pairs` pairs against each server
-    (kind, tree), on a fresh process, then closed; nothing is kept.
+    """Warm the generator before anything is measured: `pairs` pairs (at most WARM_UP_PAIRS)
+    against each server (kind, tree), on a fresh process, then closed; nothing is kept.
 
     The Node generator is a V8 process: its hot paths get compiled over its first thousands
     of events, and the server measured first paid for that. In one run (2,500 pairs, 50 at
@@ -148,6 +148,7 @@ async def warm_up(
     against the next; the side-by-side run of 4897d06 paired in 3.90 s in its first run
     and in 3.39 and 3.21 s in the next two.
     """
+    pairs = min(pairs, WARM_UP_PAIRS)
     for kind, root in targets:
         await redis.flushall()
         proc, url = await servers.start(kind, root)
@@ -482,8 +483,7 @@ async def measure(
     try:
         print(f"{client} client: warming the generator up", file=sys.stderr, flush=True)
         targets: list[tuple[str, Path | None]] = [(kind, None) for kind in KINDS]
-        pairs = min(WARM_UP_PAIRS, args.idle_pairs)
-        await warm_up(servers, redis, generator, targets, pairs, args.concurrency)
+        await warm_up(servers, redis, generator, targets, args.idle_pairs, args.concurrency)
         for n in range(args.runs):
             # Alternate which server goes first, so that neither always has the cooler machine.
             for kind in KINDS if n % 2 == 0 else KINDS[::-1]:
