@@ -12,7 +12,10 @@ and ours/Node.
              memory per open connection ((lowest RSS in the idle window - lowest RSS in the
              settle before pairing) / N) and the server's CPU over the idle window (>= 2 pings:
              pings only); then closed, and --pairs pairs check in as fast as confirmed for
-             --duration s: server (and Redis) CPU per confirmed check-in
+             --duration s: server (and Redis) CPU per confirmed check-in; then closed, and
+             N/2 pairs paired again on the same process: the pairing of a server that has run
+             for a while (by then V8 has compiled the Node server's hot paths: 2,500 pairs took
+             it 1.55-1.72 s fresh and 1.01-1.24 s on the same process again)
   connects   --connects connections opened over WebSocket, and as today's apps do: polling
              first, then upgraded to WebSocket: server CPU per connection and memory per
              connection over a connection's first seconds (until --first-seconds after the last
@@ -68,6 +71,9 @@ FIGURES = (
     ("pairing_trackCode_ms", "  pairing, mean wait: trackCode -> trackingStarted", "ms"),
     ("pairing_setTimers_ms", "  pairing, mean wait: setTimers -> timersSet", "ms"),
     ("pairing_machine_idle_pct", "  pairing: the machine's CPU left idle (all cores)", "%"),
+    ("cpu_us_per_pair", "  pairing: server CPU per pair", "µs"),
+    ("pairing_again_s", "time to pair {idle_pairs} more pairs, same process (warm)", "s"),
+    ("cpu_us_per_pair_again", "  pairing again: server CPU per pair", "µs"),
     (
         "cpu_us_per_reconnect",
         "server CPU per tracker reconnect ({reconnects}, {connections} held)",
@@ -264,6 +270,15 @@ class Bench:
             loop1 = self.mark(proc)
             if not looped.count or looped.errors:
                 raise RuntimeError(f"closed loop: {looped.count} confirmed, {looped.errors}")
+            # The same pairing once more on the same process, now warm: a server that has run
+            # for a while (V8 has compiled the Node server's hot paths by now).
+            await generator.close()
+            await asyncio.sleep(1.0)
+            again0 = self.mark(proc)
+            with self.phase("pairing-again", kind, proc):
+                again = await generator.pair(url, args.idle_pairs, args.concurrency)
+            checked(again, args.idle_pairs, "pairing again")
+            again1 = self.mark(proc)
         finally:
             await generator.close()
             stop(proc, kill=True)
@@ -272,6 +287,9 @@ class Bench:
             "idle_cpu_pct": idle0.pct(idle1, "server"),
             "cpu_us_per_check_in": round((loop1.server - loop0.server) / looped.count * 1e6, 1),
             "pairing_s": round(paired.seconds, 3),
+            "cpu_us_per_pair": round((paired_at.server - before.server) / paired.count * 1e6, 1),
+            "pairing_again_s": round(again.seconds, 3),
+            "cpu_us_per_pair_again": round((again1.server - again0.server) / again.count * 1e6, 1),
             "redis_cpu_us_per_check_in": round((loop1.redis - loop0.redis) / looped.count * 1e6, 1),
             "check_ins_per_s": round(looped.count / looped.seconds, 1),
             "generator_pairing_pct": before.pct(paired_at, "generator"),
