@@ -49,6 +49,7 @@ class Metrics:
             ["transport"],
             registry=r,
         )
+        self._opened: dict[str, Counter] = {}  # its child per transport, looked up once
         self.disconnections = Counter(
             "alliswell_disconnections",
             "Socket.IO connections closed, by reason",
@@ -106,7 +107,10 @@ class Metrics:
         times[-1] += seconds
 
     def connected(self, transport: str) -> None:
-        self.connections_opened.labels(transport).inc()
+        counter = self._opened.get(transport)
+        if counter is None:
+            counter = self._opened[transport] = self.connections_opened.labels(transport)
+        counter.inc()
 
     def disconnected(self, reason: str) -> None:
         self.disconnections.labels(reason).inc()

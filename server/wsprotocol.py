@@ -292,16 +292,36 @@ class WebSocketProtocol(asyncio.Protocol):
 
 
 def accept(request: web.BaseRequest) -> bytes:
-    """The 101 answer to a valid WebSocket handshake (aiohttp's checks, and its answer
-    without permessage-deflate or a subprotocol); raises HTTPBadRequest otherwise."""
-    if not web.WebSocketResponse(compress=False).can_prepare(request):
+    """The 101 answer to a valid WebSocket handshake (aiohttp's answer without
+    permessage-deflate or a subprotocol); raises HTTPBadRequest otherwise.
+
+    The checks are aiohttp's (WebSocketResponse._handshake), made here without building the
+    response that can_prepare() builds and drops (a CIMultiDict of answer headers, the key's
+    digest computed twice): 3.6% of the server's CPU per WebSocket connect (py-spy).
+    """
+    headers = request.headers
+    key = headers.get("Sec-WebSocket-Key", "")
+    if (
+        headers.get("Upgrade", "").lower().strip() != "websocket"
+        or not request._message.upgrade  # the parser's: Connection names upgrade
+        or headers.get("Sec-WebSocket-Version", "") not in ("13", "8", "7")
+        or not _nonce(key)
+    ):
         raise web.HTTPBadRequest(text="Invalid WebSocket handshake")
-    key = request.headers["Sec-WebSocket-Key"].encode()
-    digest = base64.b64encode(hashlib.sha1(key + WS_KEY).digest())  # RFC 6455 4.2.2
+    digest = base64.b64encode(hashlib.sha1(key.encode() + WS_KEY).digest())  # RFC 6455 4.2.2
     return (
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n"
         b"Sec-WebSocket-Accept: " + digest + b"\r\n\r\n"
     )
+
+
+def _nonce(key: str) -> bool:
+    """A Sec-WebSocket-Key is 16 bytes in base64 (as aiohttp decodes it; a key that is not
+    ASCII is refused too, where aiohttp's check raised)."""
+    try:
+        return len(base64.b64decode(key)) == 16
+    except ValueError:  # binascii.Error, or not ASCII
+        return False
 
 
 class Detached(web.StreamResponse):
