@@ -229,7 +229,14 @@ class PollingSocket(async_socket.AsyncSocket):  # type: ignore[misc]
     def handle_get_request(self, environ: dict[str, Any]) -> Awaitable[Any]:
         # Not a coroutine of its own on the way to a WebSocket: its frame would live as long
         # as the connection.
-        if environ.get("HTTP_UPGRADE"):
+        upgrade = environ.get("HTTP_UPGRADE")
+        if upgrade:
+            if not self.connected and upgrade.lower() == "websocket":
+                # A session starting on WebSocket (engine.io asks this of no other new one):
+                # the handshake's own checks answer 400 to one that is not valid. engine.io's
+                # polled when `Connection` did not name the upgrade, and its packets, given
+                # as the response, were a 500.
+                return self._upgrade_websocket(environ)  # type: ignore[no-any-return]
             return super().handle_get_request(environ)  # type: ignore[no-any-return]
         return self._poll(environ)
 

@@ -544,8 +544,15 @@ async def serve(
         if transport is None or transport.is_closing():
             raise ConnectionResetError("Connection lost")
         answer = accept(request)
-    except BaseException:
-        release(socket)
+    except Exception:
+        # A session that was to start on this WebSocket is closed at once: nothing else
+        # will use it. A polling session's failed upgrade leaves the session as it was.
+        if not socket.connected:
+            await discard(socket)
+        raise
+    except BaseException:  # cancelled: engine.io's service task reaps the session
+        if not socket.connected:
+            release(socket)
         raise
     if socket.connected:
         # Socket.IO keeps the handshake's environ; nothing reads this one again.
@@ -569,8 +576,19 @@ def adopt(socket: Any) -> None:
     socket.last_ping = None
 
 
+async def discard(socket: Any) -> None:
+    """Close a session whose first transport, its WebSocket, never opened (the handshake was
+    refused, or the client left), and forget it, as engine.io does once a WebSocket ends."""
+    server = socket.server
+    try:
+        await socket.close(wait=False, abort=True, reason=server.reason.TRANSPORT_ERROR)
+    finally:
+        if server.sockets.get(socket.sid) is socket:
+            del server.sockets[socket.sid]
+
+
 def release(socket: Any) -> None:
-    """Undo `adopt` for a session whose WebSocket never opened: engine.io's service task
-    reaps it once its ping timeout has passed."""
+    """Undo `adopt` for a session whose WebSocket never opened and could not be closed at
+    once (cancelled): engine.io's service task reaps it once its ping timeout has passed."""
     if socket.last_ping is None:
         socket.last_ping = time.time()

@@ -302,6 +302,91 @@ def alive(kind: type, collect: bool = True) -> int:
     return sum(1 for obj in gc.get_objects() if isinstance(obj, kind))
 
 
+GOOD_HANDSHAKE = {
+    "Host": "x",
+    "Upgrade": "websocket",
+    "Connection": "Upgrade",
+    "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",  # RFC 6455's example
+    "Sec-WebSocket-Version": "13",
+}
+
+
+async def handshake(url: str, headers: dict[str, str]) -> bytes:
+    """What the server answers a WebSocket handshake of `headers`, up to its blank line."""
+    host, port = url.removeprefix("http://").split("/")[0].split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        lines = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+        path = url.split(port, 1)[1]
+        writer.write(f"GET {path} HTTP/1.1\r\n{lines}\r\n".encode())
+        return await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    finally:
+        writer.close()
+
+
+async def test_a_valid_websocket_handshake_is_answered_with_the_key_s_digest(
+    server: Server,
+) -> None:
+    answer = await handshake(server.url, GOOD_HANDSHAKE)
+    assert answer.startswith(b"HTTP/1.1 101 Switching Protocols\r\n")
+    assert b"\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n" in answer  # RFC 6455
+    assert b"Sec-WebSocket-Extensions" not in answer and b"Sec-WebSocket-Protocol" not in answer
+
+
+@pytest.mark.parametrize(
+    "changed",
+    [
+        {"Upgrade": "h2c"},
+        {"Connection": "keep-alive"},
+        {"Sec-WebSocket-Version": "12"},
+        {"Sec-WebSocket-Version": ""},
+        {"Sec-WebSocket-Key": ""},
+        {"Sec-WebSocket-Key": "c2hvcnQ="},  # 5 bytes
+        {"Sec-WebSocket-Key": "not base64 at all!"},
+        {"Sec-WebSocket-Key": "\u00e9AAAAAAAAAAAAAAAAAAAAA=="},  # not ASCII: was a 500
+    ],
+)
+async def test_an_invalid_websocket_handshake_is_refused_with_400(
+    server: Server, changed: dict[str, str]
+) -> None:
+    headers = {**GOOD_HANDSHAKE, **changed}
+    answer = await handshake(server.url, {k: v for k, v in headers.items() if v})
+    assert answer.startswith(b"HTTP/1.1 400 "), answer
+    assert not server.sio.eio.sockets  # and no session is left behind
+
+
+async def polling_session(http: aiohttp.ClientSession, server: Server) -> tuple[str, str]:
+    """A session on polling with its Socket.IO connection open: its sid and its polling URL."""
+    polling = server.url.replace("transport=websocket", "transport=polling")
+    async with http.get(polling) as response:
+        sid = json.loads((await response.text())[1:])["sid"]
+    session = f"{polling}&sid={sid}"
+    async with http.post(session, data="40") as response:
+        assert response.status == 200
+    async with http.get(session) as response:
+        assert (await response.text()).startswith("40")
+    return sid, session
+
+
+async def test_a_refused_upgrade_leaves_the_polling_session_as_it_was(server: Server) -> None:
+    async with aiohttp.ClientSession() as http:
+        sid, session = await polling_session(http, server)
+        socket = server.sio.eio.sockets[sid]
+        before = socket.last_ping
+        upgrade = server.url + f"&sid={sid}"
+        for changed in ({"Sec-WebSocket-Version": "12"}, {"Sec-WebSocket-Key": "c2hvcnQ="}):
+            answer = await handshake(upgrade, {**GOOD_HANDSHAKE, **changed})
+            assert answer.startswith(b"HTTP/1.1 400 "), answer
+        # Still there, on polling, with its ping cycle untouched (the refusal had marked a ping
+        # outstanding: refused within 5 s of a pong, the session was closed as gone 20 s on).
+        assert server.sio.eio.sockets.get(sid) is socket
+        assert not socket.closed and not socket.upgraded and not socket.upgrading
+        assert socket.last_ping == before
+        async with http.post(session, data='42["record","still here"]') as response:
+            assert response.status == 200
+        await eventually(lambda: server.recorded == ["still here"])
+
+
 async def test_aiohttp_holds_nothing_of_an_open_websocket(server: Server) -> None:
     kinds = (web.BaseRequest, RequestHandler, web.WebSocketResponse)
     before = {kind: alive(kind) for kind in kinds}
@@ -438,13 +523,7 @@ async def test_a_poll_during_the_upgrade_is_answered_with_a_noop_and_the_probe_u
 ) -> None:
     base = server.url.replace("&transport=websocket", "")
     async with aiohttp.ClientSession() as http:
-        async with http.get(base + "&transport=polling") as response:
-            sid = json.loads((await response.text())[1:])["sid"]
-        polling = f"{base}&transport=polling&sid={sid}"
-        async with http.post(polling, data="40") as response:
-            assert response.status == 200
-        async with http.get(polling) as response:
-            assert (await response.text()).startswith("40")
+        sid, polling = await polling_session(http, server)
         ws = await http.ws_connect(f"{base}&transport=websocket&sid={sid}")
         # Open, not probed yet: engine.io's polls are over for this session.
         async with http.get(polling) as response:
