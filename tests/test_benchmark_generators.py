@@ -56,7 +56,9 @@ async def test_the_pairing_a_b_runs_a_tree_in_rounds_and_prints_its_medians() ->
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         str(SCRIPTS / "pairing_ab.py"),
-        *("--tree", str(ROOT), "--pairs", "4", "--concurrency", "2"),
+        # Enough pairs for the server's CPU to pass a clock tick (10 ms, the unit of
+        # /proc/<pid>/stat) in every round: with 4, it sometimes read 0.0 ms per pair.
+        *("--tree", str(ROOT), "--pairs", "50", "--concurrency", "5"),
         *("--rounds", "2", "--check-in", "1"),
         cwd=ROOT,
         stdout=asyncio.subprocess.PIPE,
