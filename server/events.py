@@ -9,7 +9,6 @@ import time
 from collections.abc import Awaitable, Callable, Collection
 from contextvars import ContextVar
 from typing import Any
-from urllib.parse import parse_qs
 
 import socketio
 from msgspec.structs import replace
@@ -34,6 +33,7 @@ from .pairscripts import PairingScripts
 from .presence import Joins, Presence, Role, trackers_room
 from .store import MemoryStore, StoreUnavailable, change_with
 from .tasks import running_loop
+from .transport import query_transports
 
 log = logging.getLogger(__name__)
 
@@ -335,8 +335,7 @@ class Events(PairingEvents):
         if seen is None:
             request = environ["aiohttp.request"]
             address = client_address(request.remote, request.headers, self.trust_proxy)
-            query = parse_qs(environ.get("QUERY_STRING", ""))
-            started_on = query.get("transport", ["polling"])[0]
+            started_on = (query_transports(environ.get("QUERY_STRING", "")) or ("polling",))[0]
             seen = (address, "websocket" if started_on == "websocket" else "polling")
             environ.clear()
             environ["alliswell.client"] = seen

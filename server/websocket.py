@@ -516,16 +516,7 @@ class EngineWebSocket(WebSocketProtocol):
             )
 
     async def _close_socket(self) -> None:
-        socket = self.socket
-        server = socket.server
-        try:
-            await socket.close(wait=False, abort=True, reason=server.reason.TRANSPORT_CLOSE)
-        except Exception:
-            log.exception("Closing %s failed", socket.sid)
-        # As engine.io's handle_request does once its WebSocket handler returns (ours returns
-        # as soon as the WebSocket is open).
-        if socket.closed and server.sockets.get(socket.sid) is socket:
-            del server.sockets[socket.sid]
+        await discard(self.socket, self.socket.server.reason.TRANSPORT_CLOSE)
 
 
 async def serve(
@@ -548,7 +539,7 @@ async def serve(
         # A session that was to start on this WebSocket is closed at once: nothing else
         # will use it. A polling session's failed upgrade leaves the session as it was.
         if not socket.connected:
-            await discard(socket)
+            await discard(socket, socket.server.reason.TRANSPORT_ERROR)
         raise
     except BaseException:  # cancelled: engine.io's service task reaps the session
         if not socket.connected:
@@ -576,15 +567,17 @@ def adopt(socket: Any) -> None:
     socket.last_ping = None
 
 
-async def discard(socket: Any) -> None:
-    """Close a session whose first transport, its WebSocket, never opened (the handshake was
-    refused, or the client left), and forget it, as engine.io does once a WebSocket ends."""
+async def discard(socket: Any, reason: str) -> None:
+    """Close the Engine.IO session of a WebSocket that ended, or that never opened (the
+    handshake was refused, or the client left), and forget it: as engine.io's handle_request
+    does once its WebSocket handler returns (ours returns as soon as the WebSocket is open)."""
     server = socket.server
     try:
-        await socket.close(wait=False, abort=True, reason=server.reason.TRANSPORT_ERROR)
-    finally:
-        if server.sockets.get(socket.sid) is socket:
-            del server.sockets[socket.sid]
+        await socket.close(wait=False, abort=True, reason=reason)
+    except Exception:
+        log.exception("Closing %s failed", socket.sid)
+    if socket.closed and server.sockets.get(socket.sid) is socket:
+        del server.sockets[socket.sid]
 
 
 def release(socket: Any) -> None:
