@@ -7,6 +7,11 @@ an emptied Redis, under the real socket.io-client (tests/node/loadgen.js, warmed
 against each: benchkit.sidebyside.warm_up), and compared by the medians of the rounds: on a
 shared, noisy machine only figures taken in one run, side by side, carry over.
 
+With --warm N, each server first pairs N pairs on the same process, which are closed again,
+before anything is measured: V8 compiles the Node server's hot paths over its first thousands of
+events (CPython has no JIT), so a fresh Node process pairs slower than one that has run a while,
+as a deployed one has (docs/performance.md, the tenth round).
+
 Per round and server: the time to pair --pairs pairs (--concurrency at a time), the mean wait of
 each pairing step (the Node generator's timing), the CPU per pair of the server, of Redis and of
 the generator, the share of the machine's CPU left idle, the Redis commands per pair (INFO
@@ -17,6 +22,7 @@ those pairs.
 
     .venv/bin/python scripts/pairing_ab.py --tree ../before --tree . --against-node DIR
     .venv/bin/python scripts/pairing_ab.py --tree . --against-node DIR --rounds 3 --check-in 10
+    .venv/bin/python scripts/pairing_ab.py --tree ../before --tree . --against-node DIR --warm 5000
 
 A tree is a checkout whose `server/` is run (`python -m server` from it, by this interpreter).
 """
@@ -26,12 +32,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 from benchkit.generators import NodeGenerator
-from benchkit.processes import RAISED_QUOTAS, Servers, raise_fd_limit, stop
+from benchkit.processes import RAISED_QUOTAS, Servers, process_cpu, raise_fd_limit, stop
 from benchkit.sidebyside import checked, mark, warm_up
 from redis import asyncio as aioredis
 
@@ -45,6 +52,9 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--pairs", type=int, default=2500)
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--warm", type=int, default=0, help="pairs paired (and closed) on each process first"
+    )
     parser.add_argument("--check-in", type=float, default=0.0, help="seconds of check-ins")
     parser.add_argument(
         "--reconnects", type=int, default=0, help="trackers that then drop and reconnect"
@@ -80,6 +90,8 @@ class Rounds:
             checked(await generator.open(url, 50, 50, "websocket"), 50, "warm-up")
             await generator.close()
             await asyncio.sleep(1.0)
+            if args.warm:
+                await self.warm(proc, url)
             await redis.config_resetstat()
             before = mark(self.servers, generator, proc)
             paired = checked(
@@ -119,6 +131,22 @@ class Rounds:
             stop(proc, kill=True)
         return row
 
+    async def warm(self, proc: subprocess.Popen[bytes], url: str) -> None:
+        """Pair --warm pairs on this process and close them; return once the server has
+        handled their disconnects (its CPU still for half a second), which would otherwise
+        be counted in the pairing measured next."""
+        args = self.args
+        checked(await self.generator.pair(url, args.warm, args.concurrency), args.warm, "warm")
+        await self.generator.close()
+        cpu = process_cpu(proc.pid)
+        for _ in range(60):
+            await asyncio.sleep(0.5)
+            now = process_cpu(proc.pid)
+            if now - cpu < 0.01:
+                return
+            cpu = now
+        raise RuntimeError("the server kept busy after the warm-up's pairs were closed")
+
 
 def median_row(rows: list[dict[str, float]]) -> dict[str, float]:
     return {key: statistics.median(row[key] for row in rows) for key in rows[0]}
@@ -140,6 +168,9 @@ async def main() -> int:
     if args.against_node is not None:
         runs.append(("node", "node", None))
     print(f"our servers run with raised per-address quotas: {RAISED_QUOTAS}", flush=True)
+    if args.warm:
+        warm = f"each process pairs (and closes) {args.warm} pairs before it is measured"
+        print(warm, flush=True)
     rows: dict[str, list[dict[str, float]]] = {name: [] for name, _, _ in runs}
     with tempfile.TemporaryDirectory() as workdir:
         servers = Servers(Path(workdir), args.against_node)

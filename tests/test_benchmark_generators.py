@@ -59,7 +59,7 @@ async def test_the_pairing_a_b_runs_a_tree_in_rounds_and_prints_its_medians() ->
         # Enough pairs for the server's CPU to pass a clock tick (10 ms, the unit of
         # /proc/<pid>/stat) in every round: with 4, it sometimes read 0.0 ms per pair.
         *("--tree", str(ROOT), "--pairs", "50", "--concurrency", "5"),
-        *("--rounds", "2", "--check-in", "1"),
+        *("--rounds", "2", "--check-in", "1", "--warm", "20"),
         cwd=ROOT,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
@@ -67,6 +67,7 @@ async def test_the_pairing_a_b_runs_a_tree_in_rounds_and_prints_its_medians() ->
     out, _ = await asyncio.wait_for(proc.communicate(), 120)
     text = out.decode()
     assert proc.returncode == 0, text
+    assert "each process pairs (and closes) 20 pairs before it is measured" in text
     assert [line.split(":")[0] for line in text.splitlines() if line.startswith("round ")] == [
         f"round 1/2 {ROOT}",
         f"round 2/2 {ROOT}",
