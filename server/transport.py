@@ -13,7 +13,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, TypeVar
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, parse_qsl
 
 import engineio
 import socketio
@@ -28,6 +28,7 @@ from . import errors, logs, websocket
 from .guard import BINARY_STRIKES, EVENT_OF, Guard
 from .instances import SEPARATOR
 from .limits import client_address
+from .pings import PollingPings
 from .randbytes import RANDOM
 from .rooms import IndexedRooms
 from .settings import Settings
@@ -222,9 +223,17 @@ class PollingSocket(async_socket.AsyncSocket):  # type: ignore[misc]
     """
 
     polling = False  # a GET of this session is pending
+    last_ping: float | None  # engine.io's: when the unanswered ping went out
     # With WEBSOCKET_DRIVER=stock, the transport of its WebSocket: aborted on a hang-up (its
     # writer task may be stuck sending to a client that does not read).
     websocket_transport: asyncio.BaseTransport | None = None
+
+    def schedule_ping(self) -> None:
+        """engine.io's, without a task per ping cycle: the server's PollingPings queues the
+        next PING (only a pong to a ping of ours, or the connect, starts a cycle)."""
+        if self.last_ping:
+            self.last_ping = None
+            self.server.pings.schedule(self)
 
     def handle_get_request(self, environ: dict[str, Any]) -> Awaitable[Any]:
         # Not a coroutine of its own on the way to a WebSocket: its frame would live as long
@@ -241,27 +250,29 @@ class PollingSocket(async_socket.AsyncSocket):  # type: ignore[misc]
         return self._poll(environ)
 
     async def _poll(self, environ: dict[str, Any]) -> Any:
+        """engine.io's long poll (handle_get_request and poll in one coroutine: a client that
+        stays on polling holds this frame for its pending GET, ~340 B per frame), with the first
+        packet awaited under `asyncio.timeout` rather than `asyncio.wait_for`: on Python 3.11
+        that made a task (its coroutine, its context) for every pending GET, 1 KB."""
         if self.polling:
             client = client_of(self)
             log.info("Closing %s: two polls at once", self.sid, extra=client)
             raise DuplicatePollError
+        if self.upgrading or self.upgraded:
+            # On the way to a WebSocket: no more packets through the polling endpoint.
+            return [engineio_packet.Packet(engineio_packet.NOOP)]
         self.polling = True
-        try:
-            return await super().handle_get_request(environ)
-        finally:
-            self.polling = False
-
-    async def poll(self) -> list[Any]:
-        """engine.io's poll, with the first packet awaited under `asyncio.timeout` rather than
-        `asyncio.wait_for`: on Python 3.11 that made a task (its coroutine, its context) for
-        every pending GET, 1 KB of a client that stays on polling."""
         queue = self.queue
         try:
             async with asyncio.timeout(self.server.ping_interval + self.server.ping_timeout):
                 packets = [await queue.get()]
             queue.task_done()
         except (TimeoutError, asyncio.CancelledError):
-            raise exceptions.QueueEmpty() from None  # as engine.io's, for both
+            # As engine.io's: the session is closed, the GET answered 400.
+            await self.close(wait=False, reason=self.server.reason.TRANSPORT_ERROR)
+            raise exceptions.QueueEmpty() from None
+        finally:
+            self.polling = False
         if packets == [None]:
             return []
         while True:
@@ -312,6 +323,8 @@ class EngineServer(engineio.AsyncServer):  # type: ignore[misc]
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._hanging_up: set[asyncio.Task[None]] = set()
+        # The polling sessions' pings (PollingSocket.schedule_ping), run by the service task.
+        self.pings = PollingPings(self.ping_interval)
 
     def create_queue(self, *args: Any, **kwargs: Any) -> PacketQueue:
         return PacketQueue(self.guard.outbound_bytes, self._overflowed)
@@ -353,7 +366,7 @@ class EngineServer(engineio.AsyncServer):  # type: ignore[misc]
         request = args[0]
         trust_proxy = self.guard.trust_proxy
         logs.CLIENT.set(client_address(request.remote, request.headers, trust_proxy))
-        if "transport" not in request.query and request.method != "OPTIONS":
+        if request.method != "OPTIONS" and not names_transport(request.query_string):
             # Engine.IO v4: `transport` is mandatory, "If a mandatory query parameter is
             # missing, then the server MUST respond with an HTTP 400 error status"; engine.io
             # takes polling for granted.
@@ -384,19 +397,23 @@ class EngineServer(engineio.AsyncServer):  # type: ignore[misc]
         looks at the sockets due (the same share of them), and not at all when there are none.
         """
         self.service_task_event = stop = self.create_event()
+        pings = running_loop().create_task(self.pings.run())
         due: list[Any] = []
-        while not stop.is_set():
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=SWEEP_TICK)
-                return
-            if not due:
-                due = list(self.sockets.values())
-            share = math.ceil(len(due) * SWEEP_TICK / self.ping_timeout)
-            batch, due = due[:share], due[share:]
-            try:
-                await self._sweep(batch)
-            except Exception:
-                log.exception("Sweeping the Engine.IO sockets failed")
+        try:
+            while not stop.is_set():
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=SWEEP_TICK)
+                    return
+                if not due:
+                    due = list(self.sockets.values())
+                share = math.ceil(len(due) * SWEEP_TICK / self.ping_timeout)
+                batch, due = due[:share], due[share:]
+                try:
+                    await self._sweep(batch)
+                except Exception:
+                    log.exception("Sweeping the Engine.IO sockets failed")
+        finally:
+            pings.cancel()
 
     async def _sweep(self, sockets: list[Any]) -> None:
         deadline = time.time() - self.ping_timeout
@@ -535,6 +552,13 @@ def _sendable(eio_socket: Any, ping_timeout: float) -> bool:
     not past its ping timeout (else send closes it, or raises)."""
     last_ping = eio_socket.last_ping
     return not eio_socket.closed and not (last_ping and time.time() - last_ping > ping_timeout)
+
+
+def names_transport(query: str) -> bool:
+    """Whether a query names a `transport`, blank or not, as `"transport" in request.query`
+    says, without aiohttp's MultiDict of the query: the request holds it, ~0.9 KB of a client
+    that stays on polling for as long as its GET is pending (tracemalloc)."""
+    return any(name == "transport" for name, _ in parse_qsl(query, keep_blank_values=True))
 
 
 @functools.lru_cache(maxsize=64)

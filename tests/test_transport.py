@@ -210,36 +210,64 @@ def test_events_are_encoded_as_python_socketio_encodes_them() -> None:
             assert transport._encode(packet_class, namespace, message) == made, message
 
 
+def _awaited_chain(coro: Any) -> list[str]:
+    """The coroutines a suspended coroutine is inside of, outermost first (by name)."""
+    names = []
+    while coro is not None and hasattr(coro, "cr_await"):
+        names.append(coro.cr_code.co_name)
+        coro = coro.cr_await
+    return names
+
+
 async def test_a_pending_poll_makes_no_task_and_ends_as_engine_io_s_does() -> None:
-    """PollingSocket.poll: the first packet awaited under asyncio.timeout, not wait_for (a task
-    per pending GET); what it answers is engine.io's."""
+    """PollingSocket's long poll: one coroutine of its own for a pending GET (engine.io's
+    handle_get_request and poll folded into it), the first packet awaited under asyncio.timeout,
+    not wait_for (a task per pending GET); what it answers is engine.io's."""
     sio = transport.SocketServer(async_mode="aiohttp", ping_interval=0.1, ping_timeout=0.1)
-    socket = transport.PollingSocket(sio.eio, "a-sid")
+
+    def polling_socket() -> Any:
+        socket = transport.PollingSocket(sio.eio, "a-sid")
+        sio.eio.sockets[socket.sid] = socket
+        return socket
+
+    socket = polling_socket()
     queue = socket.queue
     # Packets queued before the poll go out together; a None after them stays queued.
     first, second = (engineio_packet.Packet(engineio_packet.MESSAGE, t) for t in ("a", "b"))
     for item in (first, second, None):
         queue.put_nowait(item)
-    assert await socket.poll() == [first, second]
+    assert await socket.handle_get_request({}) == [first, second]
     assert queue.qsize() == 1
-    assert await socket.poll() == []  # None alone: the writer stops
-    # A pending poll is this task alone, and is answered by the next packet.
+    assert await socket.handle_get_request({}) == []  # None alone: the writer stops
+    # A pending poll is this task alone, two coroutines deep, and is answered by the next
+    # packet.
     tasks = len(asyncio.all_tasks())
-    pending = asyncio.create_task(socket.poll())
+    poll = socket.handle_get_request({})
+    pending = asyncio.create_task(poll)
     await asyncio.sleep(0.01)
     assert len(asyncio.all_tasks()) == tasks + 1
+    assert _awaited_chain(poll) == ["_poll", "get"]
     queue.put_nowait(first)
     assert await pending == [first]
-    # Nothing for ping_interval + ping_timeout: QueueEmpty, and no waiter is left behind.
+    # Nothing for ping_interval + ping_timeout: QueueEmpty, the session closed (engine.io's
+    # 400), and no waiter is left behind.
     started = time.monotonic()
     with pytest.raises(exceptions.QueueEmpty):
-        await socket.poll()
+        await socket.handle_get_request({})
     assert 0.15 < time.monotonic() - started < 1.0
     assert not queue._getters
+    assert socket.closed and not socket.polling
     # Cancelled from outside (aiohttp's handler), as engine.io's: QueueEmpty too.
-    pending = asyncio.create_task(socket.poll())
+    socket = polling_socket()
+    pending = asyncio.create_task(socket.handle_get_request({}))
     await asyncio.sleep(0.01)
     pending.cancel()
     with pytest.raises(exceptions.QueueEmpty):
         await pending
-    assert not queue._getters
+    assert not socket.queue._getters
+    assert socket.closed and not socket.polling
+    # On the way to a WebSocket, a poll is answered at once with a NOOP, as engine.io's.
+    socket = polling_socket()
+    socket.upgrading = True
+    (noop,) = await socket.handle_get_request({})
+    assert noop.packet_type == engineio_packet.NOOP and not socket.polling

@@ -234,6 +234,14 @@ async def connect_polling(http: aiohttp.ClientSession, url: str) -> tuple[str, s
     return sid, polling
 
 
+async def polled_once(http: aiohttp.ClientSession, url: str) -> str:
+    """A polling session whose CONNECT's reply was fetched: its polling URL."""
+    _, polling = await connect_polling(http, url)
+    async with http.get(polling) as response:
+        assert (await response.text()).startswith("40")
+    return polling
+
+
 async def test_a_client_upgraded_from_polling_is_pinged_and_its_queued_packets_arrive(
     fast_server: tuple[str, list[str]],
 ) -> None:
@@ -267,12 +275,30 @@ async def test_a_polling_client_that_stops_answering_pings_is_closed_for_a_ping_
 ) -> None:
     url, reasons = fast_server
     async with aiohttp.ClientSession() as http:
-        _, polling = await connect_polling(http, url)
-        async with http.get(polling) as response:
-            assert (await response.text()).startswith("40")
+        await polled_once(http, url)
         # No more polls: the ping sent after 0.3 s is never fetched, let alone answered.
         await eventually(lambda: reasons, timeout=4)
     assert reasons == ["ping timeout"]
+
+
+async def test_a_polling_client_is_pinged_without_a_task_of_its_own_and_each_pong_pings_again(
+    fast_server: tuple[str, list[str]],
+) -> None:
+    url, reasons = fast_server
+    async with aiohttp.ClientSession() as http:
+        polling = await polled_once(http, url)
+        for _ in range(3):
+            # engine.io's ping task per cycle is not made: the server's PollingPings pings.
+            coroutines = [repr(task.get_coro()) for task in asyncio.all_tasks()]
+            assert not [c for c in coroutines if "_send_ping" in c], coroutines
+            started = time.monotonic()
+            async with http.get(polling) as response:
+                assert await response.text() == "2"
+            # 0.3 s after the pong (or the connect), within a tick (0.075 s) and some slack.
+            assert 0.15 < time.monotonic() - started < 1.0
+            async with http.post(polling, data="3") as response:
+                assert response.status == 200
+    assert reasons == []
 
 
 class SweptSocket:
