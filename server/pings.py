@@ -51,6 +51,9 @@ class PollingPings:
         """Queue the PING of every session due by now, as engine.io's `_send_ping` does once
         it has slept: not to a session closing or closed."""
         due = math.floor(self.clock() / self.tick)
+        if not self._slots:  # nobody waits: no tick to look at (however long it has been)
+            self._next = max(self._next, due + 1)
+            return
         while self._next <= due:
             sockets = self._slots.pop(self._next, ())
             self._next += 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -88,3 +89,26 @@ async def test_sessions_scheduled_at_different_times_are_pinged_in_their_own_tic
     assert (first.sent, second.sent) == ([eio.PING], [])
     await run_for(pings, clock, 5)
     assert second.sent == [eio.PING]
+
+
+class CountedSlots(dict[int, list[Any]]):
+    looked_at = 0
+
+    def pop(self, *args: Any) -> Any:
+        self.looked_at += 1
+        return super().pop(*args)
+
+
+async def test_an_idle_wheel_does_not_walk_the_ticks_it_slept_through() -> None:
+    clock = Clock()
+    pings = PollingPings(25, clock=clock)
+    pings._slots = slots = CountedSlots()
+    clock.now += 10 * 24 * 3600  # ten days (864,000 ticks) before the first client
+    await pings.ping_due()
+    assert slots.looked_at == 0
+    socket = PolledSocket("a")
+    pings.schedule(socket)
+    assert list(slots) == [math.ceil(clock.now + 25)]
+    await run_for(pings, clock, 26)
+    assert socket.sent == [eio.PING] and not slots
+    assert slots.looked_at <= 26  # one per tick from the schedule on
