@@ -29,6 +29,7 @@ from engineio import packet as eio
 
 from . import logs
 from .tasks import running_loop
+from .wheel import Wheel
 from .wsprotocol import Detached, WebSocketProtocol, accept, detach
 
 log = logging.getLogger(__name__)
@@ -204,21 +205,17 @@ class Heartbeat:
         self.limit = interval + timeout
         self.tick = tick
         self.clock = clock
-        self._slots: dict[int, set[Connection]] = {}
-        self._next = self._slot(clock())
+        self._wheel: Wheel[Connection] = Wheel(tick, clock())
         self._closing: set[asyncio.Task[Any]] = set()
         # The frames of every connection, written at the end of each turn of the loop.
         self.outbox = Outbox()
 
     def __len__(self) -> int:
-        return sum(len(slot) for slot in self._slots.values())
-
-    def _slot(self, when: float) -> int:
-        return math.ceil(when / self.tick)
+        return len(self._wheel)
 
     def _file(self, conn: Connection, when: float) -> None:
-        conn.slot = max(self._slot(when), self._next)
-        self._slots.setdefault(conn.slot, set()).add(conn)
+        conn.slot = self._wheel.slot(when)
+        self._wheel.file(conn, conn.slot)
 
     def watch(self, conn: Connection, *, ping: bool) -> None:
         """Start looking after `conn`; `ping`: now in charge of its pings (else engine.io's
@@ -230,11 +227,7 @@ class Heartbeat:
 
     def forget(self, conn: Connection) -> None:
         """Stop looking after `conn` (and holding it: it holds the whole connection)."""
-        slot = self._slots.get(conn.slot)
-        if slot is not None:
-            slot.discard(conn)
-            if not slot:
-                del self._slots[conn.slot]
+        self._wheel.forget(conn, conn.slot)
 
     def heard(self, conn: Connection, pkt_type: int) -> None:
         """The client sent a packet: it is alive, and a pong schedules the next ping."""
@@ -247,12 +240,9 @@ class Heartbeat:
     def turn(self) -> None:
         """Look at every connection whose slot is due."""
         now = self.clock()
-        due = self._slot(now)
-        while self._next <= due:
-            slot = self._slots.pop(self._next, None)
-            self._next += 1
-            for conn in slot or ():
-                self._visit(conn, now)
+        # Those of the current second too: each visit looks at the times themselves.
+        for conn in self._wheel.take(math.ceil(now / self.tick)):
+            self._visit(conn, now)
 
     def _visit(self, conn: Connection, now: float) -> None:
         socket = conn.socket

@@ -91,7 +91,7 @@ async def test_sessions_scheduled_at_different_times_are_pinged_in_their_own_tic
     assert second.sent == [eio.PING]
 
 
-class CountedSlots(dict[int, list[Any]]):
+class CountedSlots(dict[int, set[Any]]):
     looked_at = 0
 
     def pop(self, *args: Any) -> Any:
@@ -102,7 +102,7 @@ class CountedSlots(dict[int, list[Any]]):
 async def test_an_idle_wheel_does_not_walk_the_ticks_it_slept_through() -> None:
     clock = Clock()
     pings = PollingPings(25, clock=clock)
-    pings._slots = slots = CountedSlots()
+    pings._wheel.slots = slots = CountedSlots()
     clock.now += 10 * 24 * 3600  # ten days (864,000 ticks) before the first client
     await pings.ping_due()
     assert slots.looked_at == 0
