@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Sets up everything the tests need on a fresh machine (Python 3.11-3.13, Node.js 20+), then runs
-# the linters and the whole test suite. Extra arguments go to pytest. The locked versions
-# (requirements-dev.lock) go into .venv once (scripts/_venv.sh); PYTHON=python3.12 VENV=.venv-3.12
-# tests another interpreter in a virtualenv of its own.
+# the linters and the whole test suite, in three worker processes. Extra arguments go to pytest.
+# The locked versions (requirements-dev.lock) go into .venv once (scripts/_venv.sh);
+# PYTHON=python3.12 VENV=.venv-3.12 tests another interpreter in a virtualenv of its own.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -42,4 +42,7 @@ fi
 "$VENV/bin/ruff" check server tests scripts
 "$VENV/bin/ruff" format --check server tests scripts
 "$VENV/bin/mypy" server
-exec "$VENV/bin/pytest" "$@"
+# The suite mostly waits (on servers, timers and Redis): three pytest-xdist workers, each with its
+# own Redis and servers on free ports, take a third of the time serial runs do (docs/testing.md).
+# TEST_WORKERS=0 runs it in this process; an -n of the caller's wins over this one.
+exec "$VENV/bin/pytest" -n "${TEST_WORKERS:-3}" --dist worksteal "$@"

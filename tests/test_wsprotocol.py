@@ -170,6 +170,24 @@ def test_a_message_at_the_limit_is_read() -> None:
         (client_frame(wsprotocol.CLOSE, struct.pack("!H", 1000) + b"\xff"), 1007),
         (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", 1002),  # garbage
     ],
+    # Named, not shown: the frames' masks are random, and pytest-xdist's workers must collect
+    # the same test ids.
+    ids=[
+        "unmasked",
+        "reserved bit",
+        "reserved data opcode",
+        "reserved control opcode",
+        "fragmented control frame",
+        "long control frame",
+        "continuation out of place",
+        "new message inside a fragmented one",
+        "text not UTF-8",
+        "one byte not UTF-8",
+        "close frame of one byte",
+        "close code not allowed",
+        "close reason not UTF-8",
+        "garbage",
+    ],
 )
 def test_a_bad_frame_closes_the_connection_with_its_code(data: bytes, code: int) -> None:
     ws, tr = reader()
