@@ -53,6 +53,15 @@ class IndexedRooms(BaseManager):  # type: ignore[misc]
     def basic_enter_room(
         self, sid: str, namespace: str, room: Hashable, eio_sid: str | None = None
     ) -> None:
+        """python-socketio's, except for a socket already gone: nothing happens. (Its own
+        made the room, then raised KeyError looking the socket up, and the empty room stayed
+        for good. An event whose handler outlives the disconnect's wait for it, a pairing
+        held up by a frozen Redis, enters the room after the socket left: its handler goes
+        on, and the disconnect's late bookkeeping undoes the rest.)"""
+        if eio_sid is None and sid not in self.rooms.get(namespace, {}).get(None, ()):
+            if namespace not in self.rooms:
+                super().basic_enter_room(sid, namespace, room)  # raises its ValueError
+            return
         super().basic_enter_room(sid, namespace, room, eio_sid=eio_sid)
         self.rooms_of.setdefault((namespace, sid), {})[room] = None
 
