@@ -2,12 +2,41 @@
 
 from __future__ import annotations
 
+import socket
 import sys
+from pathlib import Path
 
 import pytest
 
+from tests.support import processes
 from tests.support.nodeclient import ConnectError
 from tests.support.processes import RedisServer, ServerProcess, free_port
+
+
+def test_parallel_workers_take_their_ports_from_blocks_of_their_own(monkeypatch):
+    ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "3")
+    blocks = []
+    for worker in ("gw0", "gw1", "gw2"):
+        monkeypatch.setenv("PYTEST_XDIST_WORKER", worker)
+        blocks.append(processes._port_block())
+    # Side by side, below the range the kernel hands out to outgoing connections.
+    assert [end for _, end in blocks[:-1]] == [start for start, _ in blocks[1:]]
+    assert blocks[-1][1] <= ephemeral and blocks[0][0] >= 1024
+    assert all(end - start >= 1000 for start, end in blocks)
+
+
+def test_free_ports_come_in_turn_from_this_workers_block_and_skip_one_in_use():
+    start, end = processes._BLOCK
+    first = free_port()
+    with socket.socket() as taken:
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # were it in TIME_WAIT
+        taken.bind(("127.0.0.1", start + (first - start + 1) % (end - start)))
+        taken.listen()
+        second = free_port()
+    assert start <= first < end and start <= second < end
+    # Further on (the next one was in use; others may be in TIME_WAIT from an earlier run).
+    assert 2 <= (second - first) % (end - start) < 100
 
 
 def test_redis_restarts_on_the_same_port_and_keeps_its_append_only_file(make_redis_server):

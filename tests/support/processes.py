@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import shlex
 import shutil
 import signal
@@ -27,11 +28,47 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 SERVER_CMD_ENV = "ALLISWELL_SERVER_CMD"
 
 
+def _port_block() -> tuple[int, int]:
+    """This pytest process's ports: just below the kernel's ephemeral range (where no
+    outgoing connection takes one), split between pytest-xdist's workers."""
+    try:
+        text = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text()
+        ephemeral = int(text.split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral = 32768
+    low = max(1024, ephemeral - 12_000)
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+    size = (ephemeral - low) // max(workers, 1)
+    start = low + size * (worker % max(workers, 1))
+    return start, start + size
+
+
+_BLOCK = _port_block()
+# From a random point of the block, so that two test runs started side by side do not walk the
+# same ports in step.
+_NEXT = iter(range(random.randrange(_BLOCK[1] - _BLOCK[0]), 1 << 62))
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A TCP port on 127.0.0.1 that nothing listens on right now.
+
+    The ports of the servers and Redis the tests start. The kernel's own choice (binding
+    port 0) came from its ephemeral range, which the tests' client connections use too, and
+    was released before the server bound it: in parallel workers (scripts/test.sh), another
+    worker's server or a client connection could take it in between. Here each worker walks
+    its own block below that range, a port at a time (skipping one in use or in TIME_WAIT).
+    """
+    start, end = _BLOCK
+    for _ in range(end - start):
+        port = start + next(_NEXT) % (end - start)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {start}-{end - 1}")
 
 
 def http_status(url: str) -> int | str:
