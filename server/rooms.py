@@ -58,9 +58,8 @@ class IndexedRooms(BaseManager):  # type: ignore[misc]
         for good. An event whose handler outlives the disconnect's wait for it, a pairing
         held up by a frozen Redis, enters the room after the socket left: its handler goes
         on, and the disconnect's late bookkeeping undoes the rest.)"""
-        if eio_sid is None and sid not in self.rooms.get(namespace, {}).get(None, ()):
-            if namespace not in self.rooms:
-                super().basic_enter_room(sid, namespace, room)  # raises its ValueError
+        table = self.rooms.get(namespace)  # none: python-socketio's raises its ValueError
+        if eio_sid is None and table is not None and sid not in table.get(None, ()):
             return
         super().basic_enter_room(sid, namespace, room, eio_sid=eio_sid)
         self.rooms_of.setdefault((namespace, sid), {})[room] = None

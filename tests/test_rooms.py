@@ -105,9 +105,9 @@ class Reference(socketio.AsyncManager):  # type: ignore[misc]
     socket already gone enters no room."""
 
     def basic_enter_room(self, sid: str, namespace: str, room: Any, eio_sid: Any = None) -> None:
-        if eio_sid is None and sid not in self.rooms.get(namespace, {}).get(None, ()):
-            if namespace in self.rooms:
-                return
+        table = self.rooms.get(namespace)
+        if eio_sid is None and table is not None and sid not in table.get(None, ()):
+            return
         super().basic_enter_room(sid, namespace, room, eio_sid=eio_sid)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import random
 import shlex
@@ -47,7 +48,7 @@ def _port_block() -> tuple[int, int]:
 _BLOCK = _port_block()
 # From a random point of the block, so that two test runs started side by side do not walk the
 # same ports in step.
-_NEXT = iter(range(random.randrange(_BLOCK[1] - _BLOCK[0]), 1 << 62))
+_NEXT = itertools.count(random.randrange(_BLOCK[1] - _BLOCK[0]))
 
 
 def free_port() -> int:
